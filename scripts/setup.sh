@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 STAMP=.venv/.setup-stamp
 HASH=$(cat requirements.txt constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# Headless Chromium (Debian package) for the web page's end-to-end test; needs root, skipped otherwise.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "setup: chromium not found and not root; the browser test will be skipped" >&2
+  fi
+fi
 if [[ -f $STAMP && "$(cat $STAMP)" == "$HASH" ]]; then
   exit 0
 fi
