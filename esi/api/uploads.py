@@ -1,0 +1,440 @@
+"""Turn an uploaded ECG into a ``(12, T)`` float32 millivolt signal in the standard lead order.
+
+Accepted inputs:
+
+* a WFDB record: ``.hea`` + the ``.dat`` file(s) its signal lines name;
+* a PhysioNet/CinC 2020 record: ``.hea`` + MATLAB v4 ``.mat`` (``val`` array of ADC units);
+* JSON ``{"signal": [[...] x 12], "sampling_rate": Hz, "leads": [...]?, "age"?, "sex"?, "name"?}``;
+* a ``.npy`` array of shape ``(12, T)`` in millivolts (with a separate ``sampling_rate``).
+
+Security: nothing a client sends is ever used as a filesystem path. Uploaded bytes stay in
+memory; only the WFDB ``.dat`` reader needs files, and it gets a private
+:class:`tempfile.TemporaryDirectory` in which the header is *rewritten* to fixed names
+(``record.hea``, ``signal0.dat``, ...). A header that names ``../../etc/passwd`` therefore only
+ever resolves to one of the uploaded files, or is rejected.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+
+from corpora.base import STANDARD_LEADS, canonical_lead_name
+
+MIN_SAMPLING_RATE = 50.0
+MAX_SAMPLING_RATE = 10_000.0
+MIN_SECONDS = 1.0
+MAX_HEADER_BYTES = 64 * 1024
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_DATA_SUFFIXES = (".dat", ".mat")
+_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "μv": 1e-3, "µv": 1e-3, "v": 1e3, "nu": 1.0, "": 1.0}
+
+
+class UploadError(ValueError):
+    """Malformed ECG input; ``status_code`` is 400 (unreadable request) or 422 (invalid content)."""
+
+    def __init__(self, message: str, status_code: int = 422):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+@dataclass
+class ParsedECG:
+    """An uploaded ECG, standardised; ``name`` is sanitised and for display only."""
+
+    name: str
+    signal: np.ndarray  # (12, T) float32 mV, STANDARD_LEADS order
+    sampling_rate: float
+    source_format: str  # "wfdb" | "cinc-mat" | "json" | "npy"
+    age: float | None = None
+    sex: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return self.signal.shape[1] / self.sampling_rate
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "format": self.source_format,
+            "sampling_rate": self.sampling_rate,
+            "n_samples": int(self.signal.shape[1]),
+            "duration_s": round(self.duration_s, 3),
+            "leads": list(STANDARD_LEADS),
+            "age": self.age,
+            "sex": self.sex,
+        }
+
+
+def sanitize_name(name: str | None, default: str = "upload", max_length: int = 64) -> str:
+    """A display-safe base name: last path component only, ``[A-Za-z0-9._-]``, no leading dot."""
+    if not name:
+        return default
+    base = PureWindowsPath(PurePosixPath(str(name)).name).name  # strips both / and \ components
+    base = _SAFE_NAME.sub("_", base).lstrip(".")[:max_length]
+    return base or default
+
+
+# --------------------------------------------------------------------------------------------
+# validation shared by every input format
+
+
+def _check_sampling_rate(value: Any, source: str) -> float:
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise UploadError(f"{source}: sampling_rate must be a number; got {value!r}") from None
+    if not math.isfinite(rate) or not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
+        raise UploadError(
+            f"{source}: sampling_rate {value!r} is outside {MIN_SAMPLING_RATE:g}-{MAX_SAMPLING_RATE:g} Hz"
+        )
+    return rate
+
+
+def _finish(
+    name: str, signal: np.ndarray, lead_names: list[str] | None, sampling_rate: float,
+    source_format: str, max_seconds: float, age: Any = None, sex: Any = None,
+) -> ParsedECG:
+    """Reorder to the standard leads and check shape, length and values."""
+    if signal.ndim != 2:
+        raise UploadError(f"{name}: signal must be 2-D (12 leads x T samples); got shape {signal.shape}")
+    n_leads, n_samples = signal.shape
+    if n_leads != len(STANDARD_LEADS):
+        hint = " (it looks transposed: send 12 rows of samples)" if n_samples == len(STANDARD_LEADS) else ""
+        raise UploadError(f"{name}: expected 12 leads, got {n_leads}{hint}")
+    if lead_names is not None:
+        canonical = [canonical_lead_name(lead) for lead in lead_names]
+        unknown = [raw for raw, lead in zip(lead_names, canonical) if lead is None]
+        if unknown:
+            raise UploadError(f"{name}: unknown lead name(s) {unknown}; expected {list(STANDARD_LEADS)}")
+        if sorted(canonical) != sorted(STANDARD_LEADS):
+            duplicated = sorted({lead for lead in canonical if canonical.count(lead) > 1})
+            raise UploadError(f"{name}: leads must be the 12 standard leads once each; duplicated {duplicated}")
+        signal = signal[[canonical.index(lead) for lead in STANDARD_LEADS]]
+    seconds = n_samples / sampling_rate
+    if seconds < MIN_SECONDS:
+        raise UploadError(f"{name}: {n_samples} samples at {sampling_rate:g} Hz is {seconds:.2f} s; need >= {MIN_SECONDS:g} s")
+    if seconds > max_seconds:
+        raise UploadError(f"{name}: record is {seconds:.1f} s long; the limit is {max_seconds:g} s")
+    signal = np.asarray(signal, dtype=np.float32)
+    if not np.isfinite(signal).all():
+        bad = [STANDARD_LEADS[i] for i in np.where(~np.isfinite(signal).all(axis=1))[0]]
+        raise UploadError(f"{name}: signal contains NaN or infinite values (leads {', '.join(bad)})")
+    return ParsedECG(
+        name=name, signal=np.ascontiguousarray(signal), sampling_rate=sampling_rate,
+        source_format=source_format, age=_parse_age(age), sex=_parse_sex(sex),
+    )
+
+
+def _parse_age(value: Any) -> float | None:
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return None
+    return age if math.isfinite(age) and 0 <= age <= 130 else None
+
+
+def _parse_sex(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return {"m": "male", "male": "male", "f": "female", "female": "female"}.get(value.strip().lower())
+
+
+# --------------------------------------------------------------------------------------------
+# JSON and .npy
+
+
+def parse_json_signal(body: bytes | dict[str, Any], max_seconds: float) -> ParsedECG:
+    """``{"signal": 12 x T, "sampling_rate": Hz, ...}`` (signal in millivolts)."""
+    if isinstance(body, bytes | bytearray):
+        try:
+            body = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UploadError(f"request body is not valid JSON: {err}", status_code=400) from None
+    if not isinstance(body, dict):
+        raise UploadError("JSON body must be an object with 'signal' and 'sampling_rate'")
+    name = sanitize_name(body.get("name") if isinstance(body.get("name"), str) else None, "json-signal")
+    if "signal" not in body:
+        raise UploadError(f"{name}: JSON body has no 'signal' (12 lists of samples in mV)")
+    if "sampling_rate" not in body:
+        raise UploadError(f"{name}: JSON body has no 'sampling_rate' (Hz)")
+    rate = _check_sampling_rate(body["sampling_rate"], name)
+    raw = body["signal"]
+    if not isinstance(raw, list) or not raw or not all(isinstance(row, list) for row in raw):
+        raise UploadError(f"{name}: 'signal' must be a list of 12 lists of numbers")
+    lengths = {len(row) for row in raw}
+    if len(lengths) != 1:
+        raise UploadError(f"{name}: signal rows have different lengths {sorted(lengths)}")
+    try:
+        signal = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise UploadError(f"{name}: 'signal' must contain only numbers") from None
+    leads = body.get("leads")
+    if leads is not None and (not isinstance(leads, list) or not all(isinstance(x, str) for x in leads)):
+        raise UploadError(f"{name}: 'leads' must be a list of lead names")
+    if leads is not None and len(leads) != signal.shape[0]:
+        raise UploadError(f"{name}: {len(leads)} lead names for {signal.shape[0]} signal rows")
+    return _finish(name, signal, leads, rate, "json", max_seconds, body.get("age"), body.get("sex"))
+
+
+def parse_npy(name: str, data: bytes, sampling_rate: Any, max_seconds: float) -> ParsedECG:
+    """A ``(12, T)`` millivolt array saved with ``numpy.save`` (pickles refused)."""
+    if sampling_rate is None:
+        raise UploadError(f"{name}: a .npy upload needs a 'sampling_rate' form field (Hz)")
+    rate = _check_sampling_rate(sampling_rate, name)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UploadError(f"{name}: not a readable .npy array ({err})") from None
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+        raise UploadError(f"{name}: .npy must hold a numeric array; got dtype {getattr(array, 'dtype', None)}")
+    return _finish(name, array.astype(np.float32), None, rate, "npy", max_seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# WFDB headers (tolerant: CinC/Georgia headers that wfdb.rdheader rejects are accepted)
+
+
+@dataclass
+class _SignalSpec:
+    file_name: str
+    fmt: str
+    gain: float
+    baseline: float
+    units: str
+    lead: str
+
+
+@dataclass
+class _Header:
+    record_name: str
+    n_sig: int
+    fs: float
+    n_samples: int | None
+    signals: list[_SignalSpec]
+    comments: list[str]
+    record_tokens: list[str]
+    signal_tokens: list[list[str]]
+
+    def comment_value(self, key: str) -> str | None:
+        for line in self.comments:
+            k, sep, value = line.partition(":")
+            if sep and k.strip().lower() == key.lower():
+                return value.strip()
+        return None
+
+
+_GAIN = re.compile(r"^(?P<gain>[-+0-9.eE]+)(\((?P<baseline>[-+0-9]+)\))?(/(?P<units>.*))?$")
+
+
+def _parse_header(name: str, data: bytes) -> _Header:
+    if len(data) > MAX_HEADER_BYTES:
+        raise UploadError(f"{name}: header is {len(data)} bytes; a .hea file is at most {MAX_HEADER_BYTES}")
+    if b"\x00" in data:
+        raise UploadError(f"{name}: not a WFDB header (binary content)")
+    text = data.decode("utf-8", errors="replace")
+    comments = [line.lstrip("#").strip() for line in text.splitlines() if line.strip().startswith("#")]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not lines:
+        raise UploadError(f"{name}: header is empty")
+    record = lines[0].split()
+    if len(record) < 2:
+        raise UploadError(f"{name}: unparseable header record line {lines[0][:80]!r}")
+    if re.search(r"/\d+$", record[0]):  # "name/n_segments"
+        raise UploadError(f"{name}: multi-segment WFDB records are not supported")
+    try:
+        n_sig = int(record[1])
+        fs = float(re.split(r"[/(]", record[2])[0]) if len(record) > 2 else 250.0
+        n_samples = int(record[3]) if len(record) > 3 else None
+    except ValueError:
+        raise UploadError(f"{name}: unparseable header record line {lines[0][:80]!r}") from None
+    if n_sig != len(STANDARD_LEADS):
+        raise UploadError(f"{name}: expected 12 leads, the header declares {n_sig}")
+    if len(lines) - 1 < n_sig:
+        raise UploadError(f"{name}: header declares {n_sig} signals but has {len(lines) - 1} signal lines")
+    signals, tokens = [], []
+    for line in lines[1:1 + n_sig]:
+        parts = line.split()
+        if len(parts) < 2:
+            raise UploadError(f"{name}: unparseable signal line {line[:80]!r}")
+        gain, baseline, units = 200.0, None, "mV"
+        if len(parts) > 2:
+            match = _GAIN.match(parts[2])
+            if not match:
+                raise UploadError(f"{name}: unparseable gain {parts[2]!r} in signal line {line[:80]!r}")
+            gain = float(match["gain"]) or 200.0  # WFDB: gain 0 means the default 200
+            baseline = float(match["baseline"]) if match["baseline"] else None
+            units = match["units"] if match["units"] is not None else "mV"
+        adc_zero = 0.0
+        if len(parts) > 4:
+            try:
+                adc_zero = float(parts[4])
+            except ValueError:
+                raise UploadError(f"{name}: unparseable ADC zero {parts[4]!r}") from None
+        lead = " ".join(parts[8:]) if len(parts) > 8 else ""
+        signals.append(_SignalSpec(parts[0], parts[1], gain, adc_zero if baseline is None else baseline, units, lead))
+        tokens.append(parts)
+    return _Header(record[0], n_sig, fs, n_samples, signals, comments, record, tokens)
+
+
+def _units_factor(name: str, units: str) -> float:
+    factor = _UNIT_TO_MV.get(units.strip().lower())
+    if factor is None:
+        raise UploadError(f"{name}: unsupported signal units {units!r} (expected mV, uV or V)")
+    return factor
+
+
+def _match_data_files(name: str, header: _Header, data_files: dict[str, bytes]) -> dict[str, str]:
+    """Map each file name in the header to an uploaded data file (by sanitised base name)."""
+    referenced = list(dict.fromkeys(spec.file_name for spec in header.signals))
+    mapping: dict[str, str] = {}
+    for ref in referenced:
+        safe = sanitize_name(ref)
+        if safe in data_files:
+            mapping[ref] = safe
+    missing = [ref for ref in referenced if ref not in mapping]
+    if missing and len(referenced) == 1 and len(data_files) == 1:
+        mapping[referenced[0]] = next(iter(data_files))  # one record, renamed on the client
+        missing = []
+    if missing:
+        shown = [sanitize_name(ref) for ref in missing]
+        raise UploadError(
+            f"{name}: the header references data file(s) {shown} that were not uploaded"
+            f" (uploaded: {sorted(data_files) or 'none'})"
+        )
+    return mapping
+
+
+def _read_mat(name: str, header: _Header, files: dict[str, bytes], mapping: dict[str, str]) -> np.ndarray:
+    from scipy.io import loadmat
+
+    if len(mapping) != 1:
+        raise UploadError(f"{name}: a CinC .mat record must keep all signals in one .mat file")
+    mat_name = next(iter(mapping.values()))
+    try:
+        content = loadmat(io.BytesIO(files[mat_name]))
+    except (ValueError, TypeError, OSError, NotImplementedError) as err:
+        raise UploadError(f"{mat_name}: not a readable MATLAB .mat file ({err})") from None
+    arrays = {k: v for k, v in content.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+    values = arrays.get("val", next(iter(arrays.values()), None) if len(arrays) == 1 else None)
+    if values is None or values.ndim != 2:
+        raise UploadError(f"{mat_name}: expected a 2-D 'val' array (leads x samples); found {sorted(arrays)}")
+    if values.shape[0] != header.n_sig and values.shape[1] == header.n_sig:
+        values = values.T
+    if values.shape[0] != header.n_sig:
+        raise UploadError(f"{mat_name}: array has shape {values.shape}; the header declares {header.n_sig} leads")
+    gains = np.array([s.gain for s in header.signals], dtype=np.float64)[:, None]
+    baselines = np.array([s.baseline for s in header.signals], dtype=np.float64)[:, None]
+    factors = np.array([_units_factor(name, s.units) for s in header.signals])[:, None]
+    return ((values.astype(np.float64) - baselines) / gains * factors).astype(np.float32)
+
+
+_BYTES_PER_SAMPLE = {"8": 1.0, "16": 2.0, "61": 2.0, "24": 3.0, "32": 4.0, "80": 1.0, "160": 2.0, "212": 1.5,
+                     "310": 4 / 3, "311": 4 / 3}
+
+
+def _check_dat_sizes(name: str, header: _Header, files: dict[str, bytes], mapping: dict[str, str]) -> None:
+    """Name a truncated .dat clearly instead of letting wfdb fail with a reshape error."""
+    if not header.n_samples:
+        return
+    for ref, uploaded in mapping.items():
+        specs = [s for s in header.signals if s.file_name == ref]
+        per_sample = [_BYTES_PER_SAMPLE.get(s.fmt.split("+")[0].split("x")[0].split(":")[0]) for s in specs]
+        if any(b is None for b in per_sample):
+            continue  # an exotic format: let wfdb decide
+        expected = int(math.ceil(header.n_samples * sum(per_sample)))
+        if len(files[uploaded]) < expected:
+            raise UploadError(
+                f"{name}: {uploaded} has {len(files[uploaded])} bytes but the header's {header.n_samples} samples"
+                f" x {len(specs)} signals need {expected} (truncated or wrong file?)"
+            )
+
+
+def _read_dat(name: str, header: _Header, files: dict[str, bytes], mapping: dict[str, str]) -> np.ndarray:
+    """Read with wfdb from a private temp dir holding a rewritten header and fixed file names."""
+    import wfdb
+
+    _check_dat_sizes(name, header, files, mapping)
+    fixed = {ref: f"signal{i}.dat" for i, ref in enumerate(mapping)}
+    record_line = ["record", *header.record_tokens[1:]]
+    signal_lines = [" ".join([fixed[tokens[0]], *tokens[1:]]) for tokens in header.signal_tokens]
+    with tempfile.TemporaryDirectory(prefix="esi-upload-") as tmp:
+        directory = Path(tmp)
+        (directory / "record.hea").write_text("\n".join([" ".join(record_line), *signal_lines]) + "\n")
+        for ref, fixed_name in fixed.items():
+            (directory / fixed_name).write_bytes(files[mapping[ref]])
+        try:
+            record = wfdb.rdrecord(str(directory / "record"), physical=True)
+        except (ValueError, IndexError, KeyError, OSError, TypeError) as err:
+            raise UploadError(f"{name}: WFDB could not read the record ({type(err).__name__}: {err})") from None
+    if record.p_signal is None:
+        raise UploadError(f"{name}: WFDB record has no signal")
+    factors = np.array([_units_factor(name, unit or "mV") for unit in record.units])[:, None]
+    return (record.p_signal.T * factors).astype(np.float32)
+
+
+def parse_record_files(files: dict[str, bytes], max_seconds: float) -> ParsedECG:
+    """A WFDB (.hea + .dat) or CinC (.hea + .mat) record from uploaded files keyed by client name."""
+    safe_files: dict[str, bytes] = {}
+    for client_name, data in files.items():
+        safe = sanitize_name(client_name)
+        if safe in safe_files:
+            raise UploadError(f"two uploaded files are both named {safe!r}")
+        safe_files[safe] = data
+    headers = [n for n in safe_files if n.lower().endswith(".hea")]
+    if len(headers) != 1:
+        raise UploadError(
+            f"a WFDB/CinC upload needs exactly one .hea file; got {len(headers)} among {sorted(safe_files)}"
+        )
+    header_name = headers[0]
+    header = _parse_header(header_name, safe_files[header_name])
+    name = sanitize_name(header.record_name.removesuffix(".mat"), default=header_name.removesuffix(".hea"))
+    data_files = {n: d for n, d in safe_files.items() if n.lower().endswith(_DATA_SUFFIXES)}
+    if not data_files:
+        raise UploadError(f"{header_name}: no .dat or .mat signal file was uploaded with the header")
+    mapping = _match_data_files(header_name, header, data_files)
+    is_mat = all(target.lower().endswith(".mat") for target in mapping.values())
+    if is_mat:
+        signal = _read_mat(header_name, header, safe_files, mapping)
+    elif any(target.lower().endswith(".mat") for target in mapping.values()):
+        raise UploadError(f"{header_name}: mixing .mat and .dat signal files is not supported")
+    else:
+        signal = _read_dat(header_name, header, safe_files, mapping)
+    if header.n_samples is not None and 0 < header.n_samples < signal.shape[1]:
+        signal = signal[:, : header.n_samples]
+    rate = _check_sampling_rate(header.fs, header_name)
+    return _finish(
+        name, signal, [s.lead for s in header.signals], rate, "cinc-mat" if is_mat else "wfdb", max_seconds,
+        header.comment_value("Age"), header.comment_value("Sex"),
+    )
+
+
+def parse_upload(
+    files: dict[str, bytes], sampling_rate: Any = None, *, max_seconds: float = 120.0
+) -> ParsedECG:
+    """Dispatch uploaded files by extension: one ``.npy`` / ``.json``, or a WFDB/CinC record."""
+    if not files:
+        raise UploadError("no file was uploaded (send a .hea + .dat/.mat pair, a .npy or a .json)")
+    lowered = {sanitize_name(n).lower(): n for n in files}
+    singles = [n for n in lowered if n.endswith((".npy", ".json"))]
+    if singles:
+        if len(files) != 1:
+            raise UploadError(f"upload a single .npy or .json file on its own; got {sorted(lowered)}")
+        client_name = lowered[singles[0]]
+        if singles[0].endswith(".json"):
+            return parse_json_signal(files[client_name], max_seconds)
+        return parse_npy(sanitize_name(client_name), files[client_name], sampling_rate, max_seconds)
+    unknown = [n for n in lowered if not n.endswith((".hea", *_DATA_SUFFIXES))]
+    if unknown:
+        raise UploadError(f"unsupported file type(s) {unknown}; send .hea + .dat/.mat, .npy or .json")
+    return parse_record_files(files, max_seconds)
