@@ -1,0 +1,181 @@
+"""Turn knowledge entries and user documents into self-describing chunks with deterministic ids.
+
+Why chunks follow sections: a section ("Diagnostic criteria", "Common confusions", a PDF page) is the unit a
+caption cites, and prefixing each chunk with "<entry name> — <section>" keeps it meaningful on its own.
+Each knowledge entry also gets a short "Summary" chunk (name, aliases, codes, first sentence of the
+definition) so abbreviation and code queries ("RBBB", "CRBBB") land on the right entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
+
+from corpora.knowledge import KnowledgeEntry
+
+# all-MiniLM-L6-v2 reads at most 256 word pieces (~1,000 characters of English); longer sections are split.
+MAX_CHUNK_CHARS = 900
+CHUNK_OVERLAP_CHARS = 150
+SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt", ".pdf")
+DOCUMENT_CATEGORY = "document"
+SUMMARY_SECTION = "summary"
+
+
+class DocumentError(ValueError):
+    """A user document cannot be ingested; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+def _splitter() -> RecursiveCharacterTextSplitter:
+    return RecursiveCharacterTextSplitter(chunk_size=MAX_CHUNK_CHARS, chunk_overlap=CHUNK_OVERLAP_CHARS)
+
+
+def encode_codes(codes: Sequence[str]) -> str:
+    """Codes as one Chroma-safe string, e.g. ``|CRBBB|713427006|`` ('' when there are none)."""
+    return f"|{'|'.join(codes)}|" if codes else ""
+
+
+def decode_codes(value: str | None) -> tuple[str, ...]:
+    return tuple(c for c in (value or "").split("|") if c)
+
+
+def chunk_id(source: str, section: str, text: str, metadata: dict[str, Any]) -> str:
+    """Content hash of source + section + chunk text (+ metadata, so a changed code list re-indexes)."""
+    payload = json.dumps([source, section, text, metadata], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def _make_chunks(pieces: Iterable[tuple[str, str, int | None]], base: dict[str, Any], title: str) -> list[Chunk]:
+    """(section, text, page) pieces -> prefixed, split, hashed chunks; duplicates collapse to one id."""
+    chunks: dict[str, Chunk] = {}
+    splitter = _splitter()
+    for section, text, page in pieces:
+        text = text.strip()
+        if not text:
+            continue
+        prefix = f"{title} — {section}:\n" if section else f"{title}:\n"
+        parts = [text] if len(text) <= MAX_CHUNK_CHARS else splitter.split_text(text)
+        for part in parts:
+            metadata = dict(base, section=section)
+            if page is not None:
+                metadata["page"] = page
+            body = prefix + part.strip()
+            cid = chunk_id(base["source"], section, body, metadata)
+            chunks.setdefault(cid, Chunk(cid, body, metadata))
+    return list(chunks.values())
+
+
+def _summary_text(entry: KnowledgeEntry) -> str:
+    definition = " ".join(entry.sections.get("definition", "").split())
+    first_sentence = definition.split(". ")[0].rstrip(".") + "." if definition else ""
+    lines = [f"{entry.name}."]
+    if entry.aliases:
+        lines.append(f"Also called: {', '.join(entry.aliases)}.")
+    lines.append(f"Category: {entry.category}.")
+    if entry.scp_codes:
+        lines.append(f"SCP-ECG codes: {', '.join(entry.scp_codes)}.")
+    if entry.snomed_codes:
+        lines.append(f"SNOMED CT codes: {', '.join(entry.snomed_codes)}.")
+    if first_sentence:
+        lines.append(first_sentence)
+    return "\n".join(lines)
+
+
+def entry_chunks(entry: KnowledgeEntry) -> list[Chunk]:
+    """One chunk per section of the entry (split if long) plus one summary chunk."""
+    base: dict[str, Any] = {
+        "entry": entry.id, "name": entry.name, "category": entry.category,
+        "codes": encode_codes(entry.codes), "source": f"knowledge:{entry.source or entry.id + '.md'}",
+    }
+    if entry.codes:
+        base["code_list"] = list(entry.codes)
+    pieces: list[tuple[str, str, int | None]] = [(SUMMARY_SECTION, _summary_text(entry), None)]
+    pieces += [(name, text, None) for name, text in entry.sections.items()]
+    return _make_chunks(((s.capitalize(), t, p) for s, t, p in pieces), base, entry.name)
+
+
+def knowledge_chunks(entries: Iterable[KnowledgeEntry]) -> list[Chunk]:
+    return [chunk for entry in entries for chunk in entry_chunks(entry)]
+
+
+def expand_documents(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Resolve document paths; a directory contributes its supported files (recursively, sorted)."""
+    files: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            for found in sorted(path.rglob("*")):
+                if found.is_file() and found.suffix.lower() in SUPPORTED_SUFFIXES:
+                    files[found.resolve()] = None
+        elif path.is_file():
+            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                raise DocumentError(f"{path}: unsupported document type {path.suffix!r} "
+                                    f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+            files[path.resolve()] = None
+        else:
+            raise DocumentError(f"{path}: document not found")
+    return list(files)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DocumentError(f"{path}: not UTF-8 text ({err})") from err
+    except OSError as err:
+        raise DocumentError(f"{path}: cannot read ({err})") from err
+
+
+def _markdown_pieces(text: str) -> list[tuple[str, str, int | None]]:
+    splitter = MarkdownHeaderTextSplitter(
+        headers_to_split_on=[("#", "h1"), ("##", "h2"), ("###", "h3")], strip_headers=True,
+    )
+    pieces = []
+    for doc in splitter.split_text(text):
+        section = " > ".join(doc.metadata[h] for h in ("h1", "h2", "h3") if doc.metadata.get(h))
+        pieces.append((section, doc.page_content, None))
+    return pieces
+
+
+def _pdf_pieces(path: Path) -> list[tuple[str, str, int | None]]:
+    from pypdf import PdfReader
+
+    try:
+        reader = PdfReader(str(path))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception as err:  # pypdf raises many types on corrupt files; all mean "cannot parse this PDF"
+        raise DocumentError(f"{path}: cannot parse PDF ({type(err).__name__}: {err})") from err
+    return [(f"page {number}", text, number) for number, text in enumerate(pages, start=1)]
+
+
+def document_chunks(path: str | os.PathLike[str]) -> list[Chunk]:
+    """Chunks of one user document (Markdown by heading, plain text by size, PDF by page)."""
+    path = Path(path).resolve()
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        pieces = _pdf_pieces(path)
+    elif suffix in (".md", ".markdown"):
+        pieces = _markdown_pieces(_read_text(path))
+    elif suffix == ".txt":
+        pieces = [("", _read_text(path), None)]
+    else:
+        raise DocumentError(f"{path}: unsupported document type {suffix!r}")
+    base = {"entry": "", "name": path.name, "category": DOCUMENT_CATEGORY, "codes": "", "source": str(path)}
+    chunks = _make_chunks(pieces, base, path.stem)
+    if not chunks:
+        hint = " (a scanned PDF needs OCR first)" if suffix == ".pdf" else ""
+        raise DocumentError(f"{path}: no extractable text{hint}")
+    return chunks
