@@ -1,0 +1,257 @@
+"""ESI inference: load records from disk, fit them to the model's input, embed ECGs and texts, caption.
+
+Input rules (so a user never gets a silently wrong answer):
+
+- a record at another sampling rate than the model's is resampled (``scipy.signal.resample_poly``)
+  and the returned :class:`PreparedECG` says so in ``notes`` (a :class:`ResampledWarning` is emitted);
+- a record longer than the model's window is cropped to its first ``n_samples``, a shorter one is
+  zero-padded at the end; both are noted;
+- a record lacking any of the 12 standard leads is rejected with :class:`InputError` naming them;
+- a record path may be a WFDB record (``PATH`` without extension, ``PATH.hea``, ``PATH.dat``) or a
+  PhysioNet/CinC record (``PATH.hea`` + ``PATH.mat``, also ``PATH.mat``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.signal import resample_poly
+from tqdm import tqdm
+
+from corpora.base import STANDARD_LEADS, ECGRecord, RecordError, Skip
+from esi.zeroshot import embed_texts, to_numpy
+
+
+class InputError(ValueError):
+    """A record cannot be used as model input; the message names the record and the reason."""
+
+
+class ResampledWarning(UserWarning):
+    """A record was resampled to the model's sampling rate."""
+
+
+@dataclass
+class PreparedECG:
+    """A record fitted to the model input: ``signal`` is float32 (12, n_samples) in mV."""
+
+    record_id: str
+    signal: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    record: ECGRecord | None = None
+
+
+# ---- reading one record from a path ------------------------------------------------------------
+
+def _record_base(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() in (".hea", ".dat", ".mat"):
+        path = path.with_suffix("")
+    if not path.with_suffix(".hea").is_file():
+        raise InputError(f"{path}: no WFDB header {path.with_suffix('.hea').name} (give PATH, PATH.hea or PATH.mat)")
+    return path
+
+
+def _signal_files(header: Path) -> list[str]:
+    names = []
+    for line in header.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+        if line.strip() and not line.startswith("#"):
+            names.append(line.split()[0])
+    return names
+
+
+def load_record(path: str | Path) -> ECGRecord:
+    """Read one ECG from disk (WFDB or CinC .hea+.mat) with its header labels and demographics."""
+    base = _record_base(path)
+    record_id = base.name
+    try:
+        files = _signal_files(base.with_suffix(".hea"))
+    except OSError as err:
+        raise InputError(f"{record_id}: cannot read header: {err}") from err
+    try:
+        if files and all(name.lower().endswith(".mat") for name in files):
+            return _single_cinc_reader(base).read(record_id)
+        return _read_plain_wfdb(record_id, base)
+    except RecordError as err:
+        raise InputError(str(err)) from err
+
+
+def _single_cinc_reader(base: Path):
+    """A CincReader over one record; the Challenge's dx_mapping CSVs are used when next to it."""
+    from corpora.cinc import DX_MAPPING_FILES, CincReader
+
+    mapping = [base.parent / name for name in DX_MAPPING_FILES]
+    if all(p.is_file() for p in mapping):
+        reader = CincReader(base.parent)
+    else:
+        # Work-around: CincReader insists on the mapping CSVs only to name codes; labels do not need them.
+        reader = CincReader.__new__(CincReader)
+        reader.root, reader.allow_missing_leads = base.parent, False
+        reader.dx_mapping_paths, reader.snomed = [], {}
+    reader.__dict__["_headers"] = {base.name: base.with_suffix(".hea")}  # do not scan the whole folder
+    return reader
+
+
+def _read_plain_wfdb(record_id: str, base: Path) -> ECGRecord:
+    from corpora.base import arrange_leads, parse_age, parse_sex, read_wfdb
+
+    wave = read_wfdb(record_id, base)
+    signal, missing = arrange_leads(record_id, wave.signal, wave.lead_names)
+    fields: dict[str, str] = {}
+    for comment in wave.comments:
+        key, sep, value = comment.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    labels = {c.strip(): 100.0 for c in fields.get("dx", "").split(",") if c.strip()}
+    return ECGRecord(
+        record_id=record_id, dataset="file", signal=signal, sampling_rate=wave.sampling_rate,
+        age=parse_age(fields.get("age")), sex=parse_sex(fields.get("sex")), labels=labels,
+        label_vocabulary="snomed" if labels else "", missing_leads=missing,
+        extra={"path": str(base)},
+    )
+
+
+# ---- fitting a record to the model input ---------------------------------------------------------
+
+def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, warn: bool = True) -> PreparedECG:
+    """Resample / crop / pad one record to ``(12, n_samples)`` at ``sampling_rate``; notes say what changed."""
+    rid = record.record_id
+    if record.signal is None:
+        raise InputError(f"{rid}: record has no signal (metadata-only row)")
+    signal = np.asarray(record.signal, dtype=np.float32)
+    if signal.ndim != 2 or signal.shape[0] != len(STANDARD_LEADS):
+        raise InputError(f"{rid}: signal must be (12, T) in the standard lead order, got shape {signal.shape}")
+    if record.missing_leads:
+        raise InputError(f"{rid}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
+    if not np.isfinite(signal).all():
+        raise InputError(f"{rid}: signal contains NaN or infinite samples")
+    notes: list[str] = []
+    rate = record.sampling_rate
+    if rate is None or not math.isfinite(rate) or rate <= 0:
+        raise InputError(f"{rid}: unknown sampling rate")
+    if abs(rate - sampling_rate) > 1e-6:
+        ratio = Fraction(sampling_rate / rate).limit_denominator(1000)
+        signal = resample_poly(signal, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
+        note = f"resampled from {rate:g} Hz to {sampling_rate:g} Hz"
+        notes.append(note)
+        if warn:
+            warnings.warn(f"{rid}: {note}", ResampledWarning, stacklevel=2)
+    length = signal.shape[1]
+    if length > n_samples:
+        signal = signal[:, :n_samples]
+        notes.append(f"cropped to the first {n_samples / sampling_rate:g} s of {length / sampling_rate:g} s")
+    elif length < n_samples:
+        signal = np.pad(signal, ((0, 0), (0, n_samples - length)))
+        notes.append(f"zero-padded from {length / sampling_rate:g} s to {n_samples / sampling_rate:g} s")
+    return PreparedECG(rid, np.ascontiguousarray(signal, dtype=np.float32), notes, record)
+
+
+# ---- the model wrapper -----------------------------------------------------------------------------
+
+def load_model(model_dir: str | Path, device: str = "cpu"):
+    """An :class:`esi.model.ESIModel` from a saved directory, in eval mode."""
+    from esi.model import ESIModel
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not an ESI model directory (no config.json)")
+    model = ESIModel.from_pretrained(model_dir, map_location=device)
+    return model.to(device).eval()
+
+
+class ESIInference:
+    """Batched, gradient-free use of a trained ESI model."""
+
+    def __init__(self, model: Any, *, device: str = "cpu", batch_size: int = 64):
+        self.model = load_model(model, device) if isinstance(model, str | Path) else model.to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        config = self.model.config
+        self.sampling_rate = float(config.sampling_rate)
+        self.n_samples = int(config.n_samples)
+        self.embed_dim = int(config.embed_dim)
+
+    # inputs
+    def prepare(self, record: ECGRecord, *, warn: bool = True) -> PreparedECG:
+        return fit_to_model(record, self.sampling_rate, self.n_samples, warn=warn)
+
+    def prepare_path(self, path: str | Path) -> PreparedECG:
+        return self.prepare(load_record(path))
+
+    # embeddings
+    @torch.inference_mode()
+    def embed_signals(self, signals: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """L2-normalised ECG embeddings (N, D) for signals already fitted to the model input."""
+        array = np.asarray(signals, dtype=np.float32)
+        if array.ndim != 3 or array.shape[1] != len(STANDARD_LEADS):
+            raise InputError(f"signals must be (N, 12, T), got shape {array.shape}")
+        if len(array) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        out = []
+        for start in range(0, len(array), self.batch_size):
+            batch = torch.from_numpy(array[start:start + self.batch_size]).to(self.device)
+            out.append(to_numpy(self.model.encode_ecg(batch)))
+        return np.concatenate(out)
+
+    def embed_records(
+        self, records: Iterable[ECGRecord], *, skipped: list[Skip] | None = None, progress: bool = False,
+        total: int | None = None,
+    ) -> tuple[np.ndarray, list[PreparedECG]]:
+        """Embed records in batches; unusable ones go to ``skipped`` (or raise when it is None)."""
+        kept: list[PreparedECG] = []
+        chunks: list[np.ndarray] = []
+        pending: list[PreparedECG] = []
+
+        def flush() -> None:
+            if pending:
+                chunks.append(self.embed_signals(np.stack([p.signal for p in pending])))
+                kept.extend(pending)
+                pending.clear()
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResampledWarning)  # batch mode: the notes carry it
+            for record in tqdm(records, total=total, disable=not progress, desc="embedding ECGs", unit="ecg"):
+                try:
+                    prepared = self.prepare(record, warn=False)
+                except InputError as err:
+                    if skipped is None:
+                        raise
+                    skipped.append(Skip(record.record_id, str(err)))
+                    continue
+                prepared.record = _without_signal(record)
+                pending.append(prepared)
+                if len(pending) >= self.batch_size:
+                    flush()
+            flush()
+        embeddings = np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), dtype=np.float32)
+        return embeddings, kept
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return embed_texts(self.model, list(texts), batch_size=self.batch_size)
+
+    # captions
+    def caption(self, signals: np.ndarray, *, method: str = "greedy", num_beams: int = 3,
+                max_len: int | None = None) -> list[str]:
+        """Draft captions for fitted signals (N, 12, T) with greedy or beam decoding."""
+        array = np.asarray(signals, dtype=np.float32)
+        if array.ndim == 2:
+            array = array[None]
+        out: list[str] = []
+        for start in range(0, len(array), self.batch_size):
+            batch = torch.from_numpy(array[start:start + self.batch_size]).to(self.device)
+            out.extend(self.model.generate_caption(batch, max_len=max_len, method=method, num_beams=num_beams))
+        return out
+
+
+def _without_signal(record: ECGRecord) -> ECGRecord:
+    """A shallow copy without the signal, so batch results do not keep every waveform in memory."""
+    from dataclasses import replace
+
+    return replace(record, signal=None)
