@@ -266,6 +266,6 @@ class DatasetReader(ABC):
             "name": self.name,
             "description": self.description,
             "label_vocabulary": self.label_vocabulary,
-            "root": str(self.root),
+            "root": str(self.root.resolve()),
             "allow_missing_leads": self.allow_missing_leads,
         }

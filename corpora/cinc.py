@@ -265,6 +265,6 @@ class CincReader(DatasetReader):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
-            "dx_mapping": [str(p) for p in self.dx_mapping_paths],
+            "dx_mapping": [str(p.resolve()) for p in self.dx_mapping_paths],
             "correct_known_gains": self.correct_known_gains,
         }

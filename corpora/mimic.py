@@ -201,4 +201,4 @@ class MimicReader(DatasetReader):
         return record
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"patients": str(self.patients_path) if self.patients_path else None}
+        return super().describe() | {"patients": str(self.patients_path.resolve()) if self.patients_path else None}

@@ -250,4 +250,4 @@ class PTBXLReader(DatasetReader):
         return record
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"rate": self.rate, "scp_statements": str(self.scp_statements_path)}
+        return super().describe() | {"rate": self.rate, "scp_statements": str(self.scp_statements_path.resolve())}
