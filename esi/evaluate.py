@@ -16,12 +16,19 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
+
+from corpora.base import DatasetReader, ECGRecord, RecordError, Skip
+from esi.inference import ESIInference, InputError, ResampledWarning, fit_to_model
+from esi.labelsets import LabelSet, load_labelset
+from esi.zeroshot import ZeroShotClassifier
 
 
 def _as_2d(array: np.ndarray, name: str) -> np.ndarray:
@@ -160,3 +167,444 @@ def to_json(obj: Any) -> str:
         return value
 
     return json.dumps(clean(obj), indent=2, ensure_ascii=False)
+
+
+# ==== data loading shared by every task ==========================================================
+
+@dataclass
+class EvalData:
+    """Records of one dataset fitted to a model's input, with what every task needs."""
+
+    dataset: str
+    vocabulary: str
+    record_ids: list[str]
+    signals: np.ndarray  # (N, 12, T) model input
+    labels: list[dict[str, float]]
+    folds: list[int | None]
+    subjects: list[str | None]
+    reports: list[str | None]
+    records: list[ECGRecord] = field(default_factory=list)  # metadata (signal dropped)
+    skipped: list[Skip] = field(default_factory=list)
+    notes: dict[str, int] = field(default_factory=dict)  # note -> how many records it applies to
+    scp_statements: Path | None = None
+    _embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def fold_mask(self, folds: Sequence[int] | None) -> np.ndarray:
+        if folds is None:
+            return np.ones(len(self.record_ids), dtype=bool)
+        return np.array([f in set(folds) for f in self.folds], dtype=bool)
+
+    def embeddings(self, inference: ESIInference, key: str = "") -> np.ndarray:
+        """ECG embeddings under this model (cached per model key)."""
+        if key not in self._embeddings:
+            self._embeddings[key] = inference.embed_signals(self.signals)
+        return self._embeddings[key]
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    """``"1-8"``, ``"9"``, ``"1,3,5-7"`` -> fold list; None/empty -> None (all)."""
+    if text is None or not str(text).strip():
+        return None
+    folds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                folds.extend(range(low, high + 1))
+            else:
+                folds.append(int(part))
+        except ValueError as err:
+            raise ValueError(f"bad fold list {text!r}: use e.g. '1-8' or '9' or '1,3,5-7'") from err
+    return sorted(set(folds))
+
+
+def load_eval_data(
+    reader: DatasetReader, sampling_rate: float, n_samples: int, *, folds: Sequence[int] | None = None,
+    limit_per_fold_set: int | None = None, progress: bool = True,
+) -> EvalData:
+    """Read the records of ``folds`` (all when None), fit them to the model input, keep metadata.
+
+    ``limit_per_fold_set`` keeps the first N records (file order) — for quick checks only.
+    """
+    from tqdm import tqdm
+
+    wanted = set(folds) if folds is not None else None
+    ids = []
+    for record_id in reader.record_ids():
+        if wanted is not None:
+            try:
+                fold = reader.read_metadata(record_id).fold
+            except RecordError:
+                fold = None
+            if fold not in wanted:
+                continue
+        ids.append(record_id)
+        if limit_per_fold_set is not None and len(ids) >= limit_per_fold_set:
+            break
+    data = EvalData(reader.name, reader.label_vocabulary, [], np.zeros((0, 12, n_samples), np.float32),
+                    [], [], [], [], scp_statements=getattr(reader, "scp_statements_path", None))
+    signals = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResampledWarning)
+        for record_id in tqdm(ids, disable=not progress, desc=f"reading {reader.name}", unit="ecg"):
+            try:
+                record = reader.read(record_id)
+                prepared = fit_to_model(record, sampling_rate, n_samples, warn=False)
+            except (RecordError, InputError) as err:
+                data.skipped.append(Skip(record_id, str(err)))
+                continue
+            for note in prepared.notes:
+                key = note.split(" of ")[0] if note.startswith("cropped") else note
+                data.notes[key] = data.notes.get(key, 0) + 1
+            signals.append(prepared.signal)
+            data.record_ids.append(record_id)
+            data.labels.append(dict(record.labels))
+            data.folds.append(record.fold)
+            data.subjects.append(record.subject_id)
+            data.reports.append(record.report)
+            data.records.append(replace(record, signal=None))
+    if signals:
+        data.signals = np.stack(signals)
+    return data
+
+
+def merge_eval_data(parts: Sequence[EvalData]) -> EvalData:
+    first = parts[0]
+    merged = EvalData(first.dataset, first.vocabulary, [], np.concatenate([p.signals for p in parts]), [], [], [], [],
+                      scp_statements=first.scp_statements)
+    for part in parts:
+        merged.record_ids += part.record_ids
+        merged.labels += part.labels
+        merged.folds += part.folds
+        merged.subjects += part.subjects
+        merged.reports += part.reports
+        merged.records += part.records
+        merged.skipped += part.skipped
+        for note, count in part.notes.items():
+            merged.notes[note] = merged.notes.get(note, 0) + count
+    return merged
+
+
+# ==== zero-shot ==================================================================================
+
+def zeroshot_evaluation(
+    inference: ESIInference, data: EvalData, labelset: str | LabelSet, *, test_folds: Sequence[int] | None,
+    threshold_folds: Sequence[int] | None, templates: str = "ecg", use_knowledge: bool = False,
+    model_key: str = "",
+) -> dict[str, Any]:
+    """Zero-shot AUC on ``test_folds`` and F1 with thresholds chosen on ``threshold_folds``."""
+    labelset = load_labelset(labelset) if isinstance(labelset, str) else labelset
+    resolved = labelset.resolve(data.scp_statements) if labelset.needs_scp_statements else labelset.resolve()
+    classifier = ZeroShotClassifier.build(inference.model, resolved, templates, use_knowledge=use_knowledge)
+    if not data.record_ids:
+        raise ValueError(f"no readable {data.dataset} records to evaluate")
+    y = resolved.targets(data.labels, data.vocabulary)
+    scores = classifier.scores(data.embeddings(inference, model_key))
+    test = data.fold_mask(test_folds)
+    train = data.fold_mask(threshold_folds) & ~test if threshold_folds is not None else np.zeros_like(test)
+    if not test.any():
+        raise ValueError(f"no {data.dataset} records in test folds {test_folds}")
+    if train.any():
+        report = classification_report(resolved.class_ids, y[test], scores[test], y[train], scores[train])
+    else:
+        report = classification_report(resolved.class_ids, y[test], scores[test])
+        report["f1_note"] = "no threshold (training) records, so no F1: thresholds are never chosen on test labels"
+    for class_id, cls in zip(resolved.class_ids, resolved.classes):
+        report["per_class"][class_id]["display"] = cls.display
+    report.update({
+        "labelset": resolved.name, "dataset": data.dataset, "test_folds": test_folds, "threshold_folds":
+        threshold_folds if train.any() else None, "templates": templates, "knowledge": use_knowledge,
+        "score": "cosine similarity (ECG embedding vs mean prompt embedding)",
+        "skipped_classes": report.pop("skipped"),
+    })
+    return report
+
+
+# ==== linear probe, fine-tune, patient identification, retrieval ===================================
+
+def _targets(data: EvalData, labelset: str) -> tuple[LabelSet, np.ndarray]:
+    resolved = load_labelset(labelset)
+    resolved = resolved.resolve(data.scp_statements) if resolved.needs_scp_statements else resolved.resolve()
+    return resolved, resolved.targets(data.labels, data.vocabulary)
+
+
+def probe_evaluation(
+    inference: ESIInference, data: EvalData, labelset: str, *, train_folds: Sequence[int], test_folds: Sequence[int],
+    fractions: Sequence[float] = (0.01, 0.1, 1.0), seeds: Sequence[int] = (0, 1, 2), model_key: str = "",
+) -> dict[str, Any]:
+    from esi.probe import linear_probe
+
+    resolved, y = _targets(data, labelset)
+    embeddings = data.embeddings(inference, model_key)
+    train, test = data.fold_mask(train_folds), data.fold_mask(test_folds)
+    results = linear_probe(embeddings[train], y[train], embeddings[test], y[test], resolved.class_ids,
+                           fractions=fractions, seeds=seeds)
+    return {"labelset": resolved.name, "fractions": results, "n_test_records": int(test.sum())}
+
+
+def finetune_evaluation(
+    inference: ESIInference, data: EvalData, labelset: str, *, train_folds: Sequence[int], test_folds: Sequence[int],
+    epochs: int = 5, seed: int = 0, progress: bool = True,
+) -> dict[str, Any]:
+    from esi.finetune import FinetuneConfig, finetune_and_baseline
+
+    resolved, y = _targets(data, labelset)
+    train, test = data.fold_mask(train_folds), data.fold_mask(test_folds)
+    result = finetune_and_baseline(
+        inference.model.config.ecg, inference.model.ecg_encoder, data.signals[train], y[train],
+        data.signals[test], y[test], resolved.class_ids, FinetuneConfig(epochs=epochs, seed=seed), progress=progress,
+    )
+    result["labelset"] = resolved.name
+    return result
+
+
+def _zscore(signals: np.ndarray) -> np.ndarray:
+    mean = signals.mean(axis=(1, 2), keepdims=True)
+    return ((signals - mean) / (signals.std(axis=(1, 2), keepdims=True) + 1e-6)).astype(np.float32)
+
+
+def patient_id_evaluation(
+    inference: ESIInference, data: EvalData, *, folds: Sequence[int] | None = None, model_key: str = "",
+) -> dict[str, Any]:
+    """Both protocols of :mod:`esi.patient_id` on the records of ``folds`` (all by default)."""
+    from esi.patient_id import records_protocol, segments_protocol
+
+    mask = data.fold_mask(folds)
+    embeddings = data.embeddings(inference, model_key)[mask]
+    subjects = [s for s, keep in zip(data.subjects, mask) if keep]
+    ids = [r for r, keep in zip(data.record_ids, mask) if keep]
+    half = data.signals.shape[2] // 2
+    signals = data.signals[mask]
+    first = inference.embed_signals(_zscore(signals[:, :, :half]))
+    second = inference.embed_signals(_zscore(signals[:, :, half:2 * half]))
+    return {
+        "folds": folds,
+        "records": records_protocol(embeddings, subjects, ids),
+        "segments": segments_protocol(first, second, subjects),
+        "segment_seconds": half / inference.sampling_rate,
+    }
+
+
+def caption_texts(data: EvalData, kind: str, captions_file: str | Path | None = None) -> list[str | None]:
+    """Per record the text used for retrieval: ``cqa`` (grounded CQA caption, or the ``caption`` column of
+    a CQA Parquet file), or ``label_text`` (the dataset's own label wording, the no-CQA ablation text)."""
+    if captions_file is not None:
+        from esi.data import read_captions
+
+        table = read_captions(captions_file, "caption" if kind == "cqa" else "label_text")
+        return [table.texts.get(r) or table.texts.get(f"{data.dataset}:{r}") for r in data.record_ids]
+    from cqa.caption import Captioner, label_text
+
+    if kind == "label_text":
+        return [label_text(r.labels, r.label_vocabulary, r.label_info) or None for r in data.records]
+    if kind != "cqa":
+        raise ValueError(f"caption kind must be 'cqa' or 'label_text', not {kind!r}")
+    captioner = Captioner()
+    return [captioner.caption_record(r).caption for r in data.records]
+
+
+def retrieval_evaluation(
+    inference: ESIInference, data: EvalData, texts: Sequence[str | None], *, folds: Sequence[int] | None,
+    ks: Sequence[int] = (1, 5, 10), model_key: str = "",
+) -> dict[str, Any]:
+    """ECG -> caption and caption -> ECG recall@k over the held-out (record, caption) pairs.
+
+    Records with identical caption text are interchangeable: retrieving any of them counts.
+    """
+    mask = data.fold_mask(folds) & np.array([bool(t) for t in texts], dtype=bool)
+    if not mask.any():
+        return {"n_pairs": 0}
+    ecg = data.embeddings(inference, model_key)[mask]
+    pair_texts = [t for t, keep in zip(texts, mask) if keep]
+    unique = list(dict.fromkeys(pair_texts))
+    text_embeddings = inference.embed_texts(unique)
+    index = {t: i for i, t in enumerate(unique)}
+    # ECG -> text: candidates are the distinct caption texts; caption -> ECG: candidates are all ECGs.
+    ecg_to_text = ecg @ text_embeddings.T
+    relevant_text = np.zeros_like(ecg_to_text, dtype=bool)
+    relevant_text[np.arange(len(pair_texts)), [index[t] for t in pair_texts]] = True
+    text_to_ecg = text_embeddings @ ecg.T
+    owner = np.array([index[t] for t in pair_texts])
+    relevant_ecg = owner[None, :] == np.arange(len(unique))[:, None]
+    return {
+        "folds": folds, "n_pairs": int(mask.sum()), "n_distinct_texts": len(unique),
+        "ecg_to_text": recall_at_k(ecg_to_text, ks, relevant_text),
+        "text_to_ecg": recall_at_k(text_to_ecg, ks, relevant_ecg),
+        "chance_ecg_to_text@1": 1.0 / len(unique),
+    }
+
+
+# ==== the whole suite ===========================================================================
+
+EVAL_TASKS = ("zeroshot", "probe", "finetune", "patient_id", "retrieval")
+ZEROSHOT_SETS = ("superclass", "subclass", "form", "rhythm")
+
+
+@dataclass
+class EvalOptions:
+    root: Path
+    out: Path
+    train_folds: list[int]
+    test_folds: list[int]
+    what: tuple[str, ...] = EVAL_TASKS
+    cinc_root: Path | None = None
+    captions: Path | None = None
+    zeroshot_sets: tuple[str, ...] = ZEROSHOT_SETS
+    probe_sets: tuple[str, ...] = ("superclass", "subclass", "form", "rhythm")
+    finetune_set: str = "superclass"
+    finetune_epochs: int = 5
+    templates: str = "ecg"
+    knowledge: bool = False
+    limit: int | None = None
+    force: bool = False
+    progress: bool = True
+
+
+def _task_runs(options: EvalOptions) -> list[tuple[str, str]]:
+    runs: list[tuple[str, str]] = []
+    for task in options.what:
+        if task == "zeroshot":
+            runs += [("zeroshot", s) for s in options.zeroshot_sets]
+            if options.cinc_root is not None:
+                runs.append(("zeroshot", "cinc_scored"))
+        elif task == "probe":
+            runs += [("probe", s) for s in options.probe_sets]
+        elif task == "finetune":
+            runs.append(("finetune", options.finetune_set))
+        elif task == "patient_id":
+            runs.append(("patient_id", "all_folds"))
+        elif task == "retrieval":
+            runs += [("retrieval", "cqa"), ("retrieval", "label_text")]
+        else:
+            raise ValueError(f"unknown eval task {task!r}; choose from {', '.join(EVAL_TASKS)}")
+    return runs
+
+
+def run_evaluation(models: Sequence[tuple[str, str | Path]], options: EvalOptions) -> dict[str, Any]:
+    """Every requested task for every model; each (model, task) result is saved as it finishes and
+    reused on a rerun (resume) unless ``force``. Writes ``results.json`` and ``results.md``."""
+    from corpora.cinc import CincReader
+    from corpora.ptbxl import PTBXLReader
+
+    runs = _task_runs(options)
+    all_folds = sorted(set(options.train_folds) | set(options.test_folds))
+    results: dict[str, Any] = {"models": {}, "options": {
+        "root": str(options.root), "train_folds": options.train_folds, "test_folds": options.test_folds,
+        "what": list(options.what), "cinc_root": str(options.cinc_root) if options.cinc_root else None,
+        "captions": str(options.captions) if options.captions else "grounded CQA captions (cqa.caption, no LLM)",
+        "templates": options.templates, "knowledge": options.knowledge, "limit": options.limit,
+    }}
+    data_cache: dict[tuple[str, float, int], EvalData] = {}
+    text_cache: dict[str, list[str | None]] = {}
+    for name, model_dir in models:
+        inference = ESIInference(model_dir)
+        key = (inference.sampling_rate, inference.n_samples)
+        model_results: dict[str, Any] = {"model_dir": str(model_dir)}
+        results["models"][name] = model_results
+
+        def ptbxl(key=key, inference=inference) -> EvalData:
+            cache_key = ("ptbxl", *key)
+            if cache_key not in data_cache:
+                reader = PTBXLReader(options.root, rate=100 if inference.sampling_rate <= 100 else 500)
+                parts = [load_eval_data(reader, *key, folds=[f], limit_per_fold_set=options.limit,
+                                        progress=options.progress) for f in all_folds] if options.limit else [
+                    load_eval_data(reader, *key, folds=all_folds, progress=options.progress)]
+                data_cache[cache_key] = merge_eval_data(parts)
+            return data_cache[cache_key]
+
+        def cinc(key=key) -> EvalData:
+            cache_key = ("cinc", *key)
+            if cache_key not in data_cache:
+                data_cache[cache_key] = load_eval_data(CincReader(options.cinc_root), *key,
+                                                       limit_per_fold_set=options.limit, progress=options.progress)
+            return data_cache[cache_key]
+
+        for task, variant in runs:
+            partial = options.out / "partial" / name / f"{task}-{variant}.json"
+            if partial.is_file() and not options.force:
+                model_results.setdefault(task, {})[variant] = json.loads(partial.read_text(encoding="utf-8"))
+                continue
+            if task == "zeroshot" and variant == "cinc_scored":
+                data = cinc()
+                result = zeroshot_evaluation(inference, data, variant, test_folds=None, threshold_folds=None,
+                                             templates=options.templates, use_knowledge=options.knowledge,
+                                             model_key=name)
+            elif task == "zeroshot":
+                data = ptbxl()
+                result = zeroshot_evaluation(inference, data, variant, test_folds=options.test_folds,
+                                             threshold_folds=options.train_folds, templates=options.templates,
+                                             use_knowledge=options.knowledge, model_key=name)
+            elif task == "probe":
+                result = probe_evaluation(inference, ptbxl(), variant, train_folds=options.train_folds,
+                                          test_folds=options.test_folds, model_key=name)
+            elif task == "finetune":
+                result = finetune_evaluation(inference, ptbxl(), variant, train_folds=options.train_folds,
+                                             test_folds=options.test_folds, epochs=options.finetune_epochs,
+                                             progress=options.progress)
+            elif task == "patient_id":
+                result = patient_id_evaluation(inference, ptbxl(), folds=None, model_key=name)
+            else:
+                data = ptbxl()
+                text_key = f"{variant}:{id(data)}"
+                if text_key not in text_cache:
+                    text_cache[text_key] = caption_texts(data, variant, options.captions)
+                result = retrieval_evaluation(inference, data, text_cache[text_key], folds=options.test_folds,
+                                              model_key=name)
+            if task != "zeroshot" or variant != "cinc_scored":
+                data = ptbxl()
+            result["skipped_records"] = [f"{s.record}: {s.reason}" for s in data.skipped]
+            result["input_notes"] = dict(data.notes)
+            atomic_write_text(partial, to_json(result))
+            model_results.setdefault(task, {})[variant] = json.loads(to_json(result))
+    atomic_write_text(options.out / "results.json", to_json(results))
+    atomic_write_text(options.out / "results.md", markdown_table(results))
+    return results
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def summary_rows(model_results: dict[str, Any]) -> dict[str, Any]:
+    """Flat ``metric -> value`` view of one model's results (the rows of the Markdown table)."""
+    rows: dict[str, Any] = {}
+    for variant, r in model_results.get("zeroshot", {}).items():
+        rows[f"zero-shot {variant}: macro AUC"] = r.get("macro_auc")
+        rows[f"zero-shot {variant}: macro F1"] = r.get("macro_f1")
+    for variant, r in model_results.get("probe", {}).items():
+        for fraction, f in r.get("fractions", {}).items():
+            rows[f"linear probe {variant} {float(fraction):.0%}: macro AUC"] = f.get("macro_auc")
+    for variant, r in model_results.get("finetune", {}).items():
+        for run in ("esi_init", "random_init"):
+            if run in r:
+                rows[f"fine-tune {variant} ({run.replace('_', ' ')}): macro AUC"] = r[run].get("macro_auc")
+                rows[f"fine-tune {variant} ({run.replace('_', ' ')}): macro F1"] = r[run].get("macro_f1")
+    for r in model_results.get("patient_id", {}).values():
+        for mode in ("records", "segments"):
+            rows[f"patient id ({mode}): top-1 accuracy"] = r[mode].get("top1_accuracy")
+            rows[f"patient id ({mode}): pair AUC"] = r[mode].get("pair_auc")
+    for variant, r in model_results.get("retrieval", {}).items():
+        for direction in ("ecg_to_text", "text_to_ecg"):
+            for metric, value in r.get(direction, {}).items():
+                rows[f"retrieval {variant} {direction.replace('_', '→').replace('→to→', '→')}: {metric}"] = value
+    return rows
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per metric, one column per model (so a CQA-vs-label-text comparison reads across)."""
+    names = list(results["models"])
+    rows = {name: summary_rows(results["models"][name]) for name in names}
+    metrics = list(dict.fromkeys(m for name in names for m in rows[name]))
+    opts = results["options"]
+    lines = [
+        "# ESI evaluation", "",
+        f"PTB-XL root `{opts['root']}`; train folds {opts['train_folds']}, test folds {opts['test_folds']}. "
+        "Zero-shot F1 thresholds are chosen on the training folds' scores; AUC skips classes without "
+        "positive or negative test records (see results.json). PTB-XL: Wagner et al., Sci Data 2020 (CC BY 4.0).",
+        "", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+    ]
+    lines += [f"| {m} | " + " | ".join(_fmt(rows[n].get(m)) for n in names) + " |" for m in metrics]
+    return "\n".join(lines) + "\n"

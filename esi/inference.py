@@ -2,8 +2,9 @@
 
 Input rules (so a user never gets a silently wrong answer):
 
-- a record at another sampling rate than the model's is resampled (``scipy.signal.resample_poly``)
-  and the returned :class:`PreparedECG` says so in ``notes`` (a :class:`ResampledWarning` is emitted);
+- signals go through :func:`esi.data.preprocess_signal`, the transform used in pretraining
+  (resample with ``scipy.signal.resample_poly``, crop/pad, z-score over the record);
+- a record at another sampling rate than the model's is resampled and the returned :class:`PreparedECG` says so in ``notes`` (a :class:`ResampledWarning` is emitted);
 - a record longer than the model's window is cropped to its first ``n_samples``, a shorter one is
   zero-padded at the end; both are noted;
 - a record lacking any of the 12 standard leads is rejected with :class:`InputError` naming them;
@@ -17,16 +18,15 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from corpora.base import STANDARD_LEADS, ECGRecord, RecordError, Skip
+from esi.data import preprocess_signal
 from esi.zeroshot import embed_texts, to_numpy
 
 
@@ -40,7 +40,7 @@ class ResampledWarning(UserWarning):
 
 @dataclass
 class PreparedECG:
-    """A record fitted to the model input: ``signal`` is float32 (12, n_samples) in mV."""
+    """A record fitted to the model input: ``signal`` is float32 (12, n_samples), z-scored like training."""
 
     record_id: str
     signal: np.ndarray
@@ -137,19 +137,18 @@ def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, war
     if rate is None or not math.isfinite(rate) or rate <= 0:
         raise InputError(f"{rid}: unknown sampling rate")
     if abs(rate - sampling_rate) > 1e-6:
-        ratio = Fraction(sampling_rate / rate).limit_denominator(1000)
-        signal = resample_poly(signal, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
         note = f"resampled from {rate:g} Hz to {sampling_rate:g} Hz"
         notes.append(note)
         if warn:
             warnings.warn(f"{rid}: {note}", ResampledWarning, stacklevel=2)
-    length = signal.shape[1]
-    if length > n_samples:
-        signal = signal[:, :n_samples]
+    length = signal.shape[1] * sampling_rate / rate
+    if length > n_samples + 0.5:
         notes.append(f"cropped to the first {n_samples / sampling_rate:g} s of {length / sampling_rate:g} s")
-    elif length < n_samples:
-        signal = np.pad(signal, ((0, 0), (0, n_samples - length)))
+    elif length < n_samples - 0.5:
         notes.append(f"zero-padded from {length / sampling_rate:g} s to {n_samples / sampling_rate:g} s")
+    # The exact transform the model was trained with (resample, crop/pad, z-score over the record).
+    signal = preprocess_signal(signal.ravel(), rid, signal.shape[0], signal.shape[1], float(rate),
+                               float(sampling_rate), int(n_samples))
     return PreparedECG(rid, np.ascontiguousarray(signal, dtype=np.float32), notes, record)
 
 

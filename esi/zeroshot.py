@@ -131,7 +131,7 @@ class ZeroShotClassifier:
             prompts[c.id] = texts + extra
             rows.append(embedding)
         scale = getattr(model, "logit_scale", None)
-        logit_scale = float(scale.exp()) if hasattr(scale, "exp") else 10.0
+        logit_scale = float(scale.detach().exp()) if hasattr(scale, "detach") else 10.0
         if not math.isfinite(logit_scale) or logit_scale <= 0:
             logit_scale = 10.0
         return cls(labelset, np.stack(rows).astype(np.float32), prompts, logit_scale=logit_scale)
