@@ -1,0 +1,265 @@
+"""The ESI HTTP API and search page (FastAPI).
+
+``create_app(model_dir, store_dir, collection=...)`` builds the app; ``python -m esi serve`` runs it
+with uvicorn. Endpoints (all JSON unless an image is asked for; interactive docs at ``/docs``):
+
+=======  ==================================  ======================================================
+GET      ``/``                               the search page (static HTML + JS)
+GET      ``/api/health``                     model, collection and store status
+GET      ``/api/labelsets``                  zero-shot label sets
+POST     ``/api/classify``                   zero-shot scores for an uploaded ECG
+POST     ``/api/retrieve``                   ECG -> nearest texts for an uploaded ECG
+POST     ``/api/caption``                    generated caption for an uploaded ECG
+POST     ``/api/plot``                       PNG/SVG plot of an uploaded ECG
+GET      ``/api/search``                     text -> ECG search over the indexed collection
+GET      ``/api/records/{id}``               an indexed ECG: caption, zero-shot scores, nearest texts
+GET      ``/api/records/{id}/plot``          PNG/SVG plot of an indexed ECG
+POST     ``/api/explain``                    CQA caption with knowledge passages for given codes
+=======  ==================================  ======================================================
+
+An uploaded ECG is multipart ``files`` (``.hea`` + ``.dat``/``.mat``, or one ``.npy`` with a
+``sampling_rate`` field, or one ``.json``) or a JSON body ``{"signal": 12 x T, "sampling_rate": Hz}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from esi.api.backend import Backend, BackendError, NotFound
+from esi.api.limits import BodySizeLimitMiddleware
+from esi.api.uploads import ParsedECG, UploadError, parse_json_signal, parse_upload
+from esi.plotting import MEDIA_TYPES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_SECONDS = 120.0
+MAX_FILES = 8
+MAX_QUERY_CHARS = 1000
+MAX_K = 50
+
+
+class JSONSignal(BaseModel):
+    """An ECG sent as JSON: 12 rows of samples in millivolts (standard lead order unless ``leads``)."""
+
+    signal: list[list[float]] = Field(description="12 lists of samples (mV), one per lead")
+    sampling_rate: float = Field(description="samples per second (Hz)", examples=[500])
+    leads: list[str] | None = Field(None, description="lead names of the rows; default I, II, III, aVR, ...")
+    age: float | None = None
+    sex: str | None = Field(None, description="male/female")
+    name: str | None = Field(None, description="a display name (never used as a path)")
+
+
+class ExplainRequest(BaseModel):
+    """Codes to explain (SCP, SNOMED CT, CPSC class names or statements) with optional demographics."""
+
+    codes: list[str] = Field(min_length=1, max_length=50, examples=[["AFIB", "LVH"]])
+    age: float | None = Field(None, ge=0, le=130)
+    sex: str | None = Field(None, description="male/female")
+
+
+_ECG_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "An ECG: multipart files (WFDB .hea+.dat, CinC .hea+.mat, .npy, .json) or a JSON signal.",
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "properties": {
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "sampling_rate": {"type": "number", "description": "Hz; required for .npy"},
+                },
+                "required": ["files"],
+            }},
+            "application/json": {"schema": JSONSignal.model_json_schema()},
+        },
+    }
+}
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files("esi.api") / "static"))
+
+
+async def read_ecg(request: Request, max_seconds: float) -> ParsedECG:
+    """Parse the ECG in a request body (JSON or multipart) entirely in memory."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        return parse_json_signal(await request.body(), max_seconds)
+    if content_type != "multipart/form-data":
+        raise HTTPException(415, f"send the ECG as multipart/form-data files or application/json; "
+                                 f"got content type {content_type or 'none'!r}")
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+    except MultiPartException as err:
+        raise HTTPException(400, f"malformed multipart body: {err.message}") from None
+    try:
+        files: dict[str, bytes] = {}
+        sampling_rate = None
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                name = value.filename or key
+                if name in files:
+                    raise UploadError(f"file {name!r} was uploaded twice")
+                files[name] = await value.read()
+            elif key == "sampling_rate":
+                sampling_rate = value
+        return parse_upload(files, sampling_rate, max_seconds=max_seconds)
+    finally:
+        await form.close()
+
+
+def create_app(
+    model_dir: str | Path,
+    store_dir: str | Path,
+    *,
+    collection: str = "ecg",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_upload_seconds: float = DEFAULT_MAX_UPLOAD_SECONDS,
+    backend: Backend | None = None,
+    **backend_options: Any,
+) -> FastAPI:
+    """Build the app; the model and the collection are opened now so a bad path fails at start-up."""
+    backend = backend or Backend(model_dir, store_dir, collection=collection, **backend_options)
+    app = FastAPI(
+        title="ESI — ECG Semantic Integrator API",
+        version="1.0",
+        description=__doc__,
+    )
+    app.state.backend = backend
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(_: Request, err: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": err.message}, status_code=err.status_code)
+
+    @app.exception_handler(BackendError)
+    async def _backend_error(_: Request, err: BackendError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=err.status_code)
+
+    static = _static_dir()
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(static / "index.html", media_type="text/html")
+
+    @app.get("/api/health", tags=["meta"], summary="Model, collection and knowledge-store status")
+    def health() -> dict[str, Any]:
+        return backend.health()
+
+    @app.get("/api/labelsets", tags=["meta"], summary="Zero-shot label sets")
+    def labelsets() -> dict[str, Any]:
+        return backend.labelsets()
+
+    # ---- uploaded ECGs ---------------------------------------------------------------------------
+
+    @app.post("/api/classify", tags=["ecg"], summary="Zero-shot classification of an uploaded ECG",
+              openapi_extra=_ECG_BODY_DOC)
+    async def classify(
+        request: Request,
+        labelset: Annotated[str | None, Query(description="label set name (see /api/labelsets)")] = None,
+        top_k: Annotated[int, Query(ge=1, le=200)] = 10,
+    ) -> dict[str, Any]:
+        ecg = await read_ecg(request, max_upload_seconds)
+        return {"ecg": ecg.describe(), **await _run(backend.classify, ecg, labelset, top_k)}
+
+    @app.post("/api/retrieve", tags=["ecg"], summary="ECG -> text retrieval for an uploaded ECG",
+              openapi_extra=_ECG_BODY_DOC)
+    async def retrieve(request: Request, k: Annotated[int, Query(ge=1, le=MAX_K)] = 5) -> dict[str, Any]:
+        ecg = await read_ecg(request, max_upload_seconds)
+        return {"ecg": ecg.describe(), **await _run(backend.nearest_texts, ecg, k)}
+
+    @app.post("/api/caption", tags=["ecg"], summary="Generate a caption for an uploaded ECG",
+              openapi_extra=_ECG_BODY_DOC)
+    async def caption(
+        request: Request,
+        method: Annotated[str, Query(pattern="^(greedy|beam)$")] = "greedy",
+    ) -> dict[str, Any]:
+        ecg = await read_ecg(request, max_upload_seconds)
+        return {"ecg": ecg.describe(), **await _run(backend.caption, ecg, method)}
+
+    @app.post("/api/plot", tags=["ecg"], summary="Plot an uploaded ECG (PNG or SVG)",
+              openapi_extra=_ECG_BODY_DOC,
+              responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
+    async def plot_upload(
+        request: Request,
+        format: Annotated[str, Query(pattern="^(png|svg)$")] = "png",
+        layout: Annotated[str, Query(pattern="^(3x4|12row)$")] = "3x4",
+    ) -> Response:
+        ecg = await read_ecg(request, max_upload_seconds)
+        image = await _run(backend.plot_signal, ecg.signal, ecg.sampling_rate, ecg.name, layout, format)
+        return Response(image, media_type=MEDIA_TYPES[format])
+
+    # ---- the indexed collection ---------------------------------------------------------------------
+
+    @app.get("/api/search", tags=["collection"], summary="Text -> ECG search over the indexed collection")
+    def search(
+        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="free-text query")],
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 8,
+        layout: Annotated[str, Query(pattern="^(3x4|12row)$")] = "3x4",
+    ) -> dict[str, Any]:
+        if not q.strip():
+            raise HTTPException(422, "query is blank")
+        hits = backend.search(q.strip(), k)
+        for rank, hit in enumerate(hits, start=1):
+            hit["rank"] = rank
+            hit["plot_url"] = app.url_path_for("record_plot", record_id=hit["id"]) + f"?format=png&layout={layout}"
+        return {"query": q.strip(), "k": k, "results": hits}
+
+    @app.get("/api/records/{record_id}", tags=["collection"],
+             summary="An indexed ECG with its caption, zero-shot scores and nearest texts")
+    def record(
+        record_id: Annotated[str, PathParam(max_length=200)],
+        labelset: str | None = None,
+        top_k: Annotated[int, Query(ge=1, le=200)] = 5,
+        k_texts: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
+    ) -> dict[str, Any]:
+        details = backend.record_details(record_id, labelset=labelset, top_k=top_k, k_texts=k_texts)
+        details["plot_url"] = app.url_path_for("record_plot", record_id=record_id) + "?format=png&layout=3x4"
+        return details
+
+    @app.get("/api/records/{record_id}/plot", tags=["collection"], name="record_plot",
+             summary="Plot an indexed ECG (PNG or SVG)",
+             responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
+    def record_plot(
+        record_id: Annotated[str, PathParam(max_length=200)],
+        format: Annotated[str, Query(pattern="^(png|svg)$")] = "png",
+        layout: Annotated[str, Query(pattern="^(3x4|12row)$")] = "3x4",
+    ) -> Response:
+        image = backend.record_plot(record_id, layout, format)
+        return Response(image, media_type=MEDIA_TYPES[format], headers={"Cache-Control": "max-age=3600"})
+
+    # ---- CQA ----------------------------------------------------------------------------------------
+
+    @app.post("/api/explain", tags=["cqa"], summary="CQA: a grounded caption with passages for given codes")
+    def explain(request: ExplainRequest) -> dict[str, Any]:
+        return backend.explain(request.codes, age=request.age, sex=request.sex)
+
+    return app
+
+
+async def _run(function, *args: Any) -> Any:
+    """Run blocking model/plot work in the thread pool so the event loop keeps serving."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(function, *args)
+
+
+def openapi_json(app: FastAPI) -> str:
+    return json.dumps(app.openapi(), indent=2)
+
+
+__all__ = ["NotFound", "create_app", "read_ecg"]

@@ -1,0 +1,80 @@
+"""``python -m esi serve``: run the ESI API and search page with uvicorn.
+
+``esi/__main__.py`` wires this in with ``esi.api.cli.register(subparsers)``; the subparser sets its
+own ``_run`` default, so it works with any dispatcher that calls ``args._run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from esi.api.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_SECONDS
+
+log = logging.getLogger(__name__)
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "serve", help="serve the ESI HTTP API and search page (FastAPI + uvicorn)",
+        description="Serve zero-shot classification, ECG<->text retrieval, captioning, CQA explain and record "
+                    "plots over HTTP, with a search page at / and OpenAPI docs at /docs.")
+    parser.add_argument("--model", required=True, help="ESI model directory (config.json + model.safetensors)")
+    parser.add_argument("--store", required=True, help="Chroma directory holding the indexed ECG collection")
+    parser.add_argument("--collection", default="ecg", help="ECG collection to search (default: %(default)s)")
+    parser.add_argument("--text-collection",
+                        help="text collection in --store for ECG->text retrieval (default: the built-in "
+                             "knowledge corpus, embedded in memory at start-up)")
+    parser.add_argument("--knowledge-store",
+                        help="knowledge store directory for CQA explain passages (retrieval build --store)")
+    parser.add_argument("--labelset", default="ptbxl_superclass", help="default zero-shot label set")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
+                        help="reject request bodies over this many MiB with 413 (default: %(default)s)")
+    parser.add_argument("--max-upload-seconds", type=float, default=DEFAULT_MAX_UPLOAD_SECONDS,
+                        help="reject uploaded ECGs longer than this (default: %(default)s s)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(_run=run_serve, _name="serve")
+    return parser
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to ``python -m esi``."""
+    return add_serve_parser(subparsers)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import uvicorn
+
+    from esi.api.app import create_app
+    from esi.api.backend import BackendError
+
+    try:
+        app = create_app(
+            args.model, args.store, collection=args.collection, max_body_bytes=int(args.max_body_mb * 2**20),
+            max_upload_seconds=args.max_upload_seconds, text_collection=args.text_collection,
+            knowledge_store=args.knowledge_store, default_labelset=args.labelset, device=args.device,
+        )
+    except (BackendError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m esi.api.cli serve ...``) until esi/__main__.py registers ``serve``."""
+    parser = argparse.ArgumentParser(prog="python -m esi")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(argv)
+    return args._run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
