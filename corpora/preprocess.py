@@ -24,8 +24,10 @@ Steps, in this order, each skipped when switched off:
    (mean 0, std 1) or ``"minmax"`` (to [-1, 1]); constant leads become 0 instead of dividing
    by zero. Padding stays exactly zero.
 
-Flat leads (constant after step 1, e.g. an unconnected electrode) are reported in
-``extra["flat_leads"]``. The output signal is float32 ``(12, T)``; ``extra["preprocess"]``
+Flat leads (constant after step 1, e.g. an unconnected electrode) are set to exactly 0 by
+high-pass filtering/baseline removal and by normalisation, and reported in ``extra["flat_leads"]``.
+
+The output signal is float32 ``(12, T)``; ``extra["preprocess"]``
 records the parameters and ``extra["original_sampling_rate"]``/``["original_samples"]`` the input.
 """
 
@@ -143,6 +145,10 @@ class Preprocess:
         if self.bandpass is not None:
             data = self._bandpass(rid, data, fs, extra)
 
+        flat_rows = [STANDARD_LEADS.index(lead) for lead in flat]
+        if flat_rows and (self.baseline or (self.bandpass is not None and self.bandpass[0] > 0)):
+            data[flat_rows] = 0.0  # the exact high-pass of a constant; avoids float residue
+
         # 4. Resampling.
         rate = fs
         if self.target_rate is not None and float(self.target_rate) != fs:
@@ -176,6 +182,7 @@ class Preprocess:
                 low = body.min(axis=1, keepdims=True)
                 span = body.max(axis=1, keepdims=True) - low
                 body = np.where(span > 0, 2.0 * (body - low) / np.where(span > 0, span, 1.0) - 1.0, 0.0)
+            body[flat_rows] = 0.0  # a constant lead normalises to 0, not to amplified rounding noise
             data[:, :real_samples] = body
         for index, lead in enumerate(STANDARD_LEADS):  # zero-filled leads stay exactly zero
             if lead in zero_filled:
