@@ -152,6 +152,12 @@ def test_ignore_list_is_for_non_diagnostic_lines_only(mimic_statements) -> None:
         assert not is_ignored(line), line
 
 
+def test_ignore_patterns_never_hit_a_line_with_a_finding(entries, mimic_statements) -> None:
+    patterns = load_ignore_patterns()
+    overlap = [line for line in mimic_statements if is_ignored(line, patterns) and match_statement(line)]
+    assert overlap == []
+
+
 def test_classify_statements_prefers_entry_match(entries) -> None:
     patterns = load_ignore_patterns()
     result = classify_statements(["Sinus rhythm", "Abnormal ECG", "zzz not an ecg statement"], entries, patterns)
