@@ -4,7 +4,8 @@ Georgia, Chapman-Shaoxing, Ningbo).
 Each record is a WFDB header (``#Age``, ``#Sex``, ``#Dx`` comment lines, Dx = SNOMED CT codes)
 plus a MATLAB v4 ``.mat`` whose ``val`` holds the digital ``(n_leads, T)`` signal. Headers are
 read with ``wfdb.rdheader``; the ones it rejects (Georgia ``E*`` headers name the record
-"E00001.mat" on their first line) go through :func:`parse_header`, a small tolerant parser.
+"E00001.mat" on their first line) go through :func:`corpora.base.parse_wfdb_header`, a small
+tolerant parser (``extra["header_parser"] == "fallback"``).
 Records keep their native rate (500 Hz, 1000 Hz for PTB ``S*``, 257 Hz for INCART ``I*``).
 Header-only records (INCART in the shared copy) are recorded skips "signal file missing".
 Empty ``#Dx`` gives empty labels; ``#Age: NaN`` gives age None; sex is read in any case.
@@ -16,14 +17,22 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import DatasetReader, ECGRecord, RecordError, parse_age, parse_sex
+from .base import (
+    DatasetReader,
+    ECGRecord,
+    RecordError,
+    WfdbHeader,
+    mv_factors,
+    parse_age,
+    parse_sex,
+    parse_wfdb_header,
+)
 
 DX_MAPPING_FILES = ("dx_mapping_scored.csv", "dx_mapping_unscored.csv")
 # Record-name prefix -> source database, as named in the Challenge's dx_mapping tables.
@@ -37,59 +46,6 @@ _SOURCES = {
 # factor-1000 unit slip. Only these exact header values are corrected (opt out with
 # ``correct_known_gains=False``); Georgia's 4880/mV is kept as written (not verified either way).
 KNOWN_GAIN_ERRORS: dict[tuple[str, float], float] = {("HR", 200.0): 1000.0, ("S", 2000000.0): 2000.0}
-_GAIN = re.compile(r"^(?P<gain>[-+0-9.eE]+)(?:\((?P<baseline>[-+0-9]+)\))?(?:/(?P<units>\S+))?$")
-
-
-@dataclass
-class CincHeader:
-    """The header facts the reader needs, from wfdb or from :func:`parse_header`."""
-
-    n_sig: int
-    fs: float
-    sig_len: int
-    file_names: list[str]
-    gains: list[float]
-    baselines: list[int]
-    lead_names: list[str]
-    comments: list[str] = field(default_factory=list)
-    parser: str = "wfdb"
-
-
-def parse_header(text: str, record_id: str) -> CincHeader:
-    """Tolerant WFDB header parser for CinC headers (record name may carry ".mat")."""
-    lines = [line.strip() for line in text.splitlines()]
-    comments = [line.lstrip("#").strip() for line in lines if line.startswith("#")]
-    body = [line for line in lines if line and not line.startswith("#")]
-    if not body:
-        raise RecordError(record_id, "header has no record line")
-    fields = body[0].split()
-    try:
-        n_sig = int(fields[1])
-        fs = float(fields[2].split("/")[0])
-        sig_len = int(fields[3])
-    except (IndexError, ValueError) as err:
-        raise RecordError(record_id, f"bad header record line {body[0]!r}") from err
-    signal_lines = body[1:]
-    if len(signal_lines) != n_sig:
-        raise RecordError(record_id, f"header announces {n_sig} signals but has {len(signal_lines)} signal lines")
-    file_names: list[str] = []
-    gains: list[float] = []
-    baselines: list[int] = []
-    names: list[str] = []
-    for line in signal_lines:
-        parts = line.split()
-        if len(parts) < 3:
-            raise RecordError(record_id, f"bad header signal line {line!r}")
-        match = _GAIN.match(parts[2])
-        if match is None:
-            raise RecordError(record_id, f"bad gain field {parts[2]!r} in header")
-        gain = float(match["gain"]) or 200.0  # WFDB: a zero gain means the default, 200
-        adc_zero = int(parts[4]) if len(parts) > 4 and re.fullmatch(r"[-+]?\d+", parts[4]) else 0
-        file_names.append(parts[0])
-        gains.append(gain)
-        baselines.append(int(match["baseline"]) if match["baseline"] is not None else adc_zero)
-        names.append(" ".join(parts[8:]) if len(parts) > 8 else f"sig{len(names)}")
-    return CincHeader(n_sig, fs, sig_len, file_names, gains, baselines, names, comments, parser="fallback")
 
 
 def load_dx_mapping(paths: list[Path]) -> dict[str, dict[str, Any]]:
@@ -162,7 +118,7 @@ class CincReader(DatasetReader):
     def record_ids(self) -> list[str]:
         return list(self._headers)
 
-    def _header(self, record_id: str) -> tuple[Path, CincHeader]:
+    def _header(self, record_id: str) -> tuple[Path, WfdbHeader]:
         path = self._headers.get(record_id)
         if path is None:
             raise RecordError(record_id, f"no header {record_id}.hea under {self.root}")
@@ -170,24 +126,27 @@ class CincReader(DatasetReader):
 
         try:
             header = wfdb.rdheader(str(path.with_suffix("")))
-            return path, CincHeader(
+            return path, WfdbHeader(
                 n_sig=int(header.n_sig), fs=float(header.fs), sig_len=int(header.sig_len or 0),
-                file_names=list(header.file_name), gains=[float(g) for g in header.adc_gain],
-                baselines=[int(b) for b in header.baseline], lead_names=list(header.sig_name),
-                comments=list(header.comments or []),
+                file_names=list(header.file_name), fmts=[str(f) for f in header.fmt],
+                gains=[float(g) for g in header.adc_gain], baselines=[int(b) for b in header.baseline],
+                units=[u or "mV" for u in (header.units or ["mV"] * header.n_sig)],
+                lead_names=list(header.sig_name), comments=list(header.comments or []), parser="wfdb",
             )
         except (ValueError, TypeError, IndexError):  # wfdb rejects some valid CinC headers
             try:
                 text = path.read_text(encoding="utf-8", errors="replace")
             except OSError as err:
                 raise RecordError(record_id, f"cannot read header: {err}") from err
-            return path, parse_header(text, record_id)
+            parsed = parse_wfdb_header(text, record_id)
+            parsed.parser = "fallback"
+            return path, parsed
 
     def read_metadata(self, record_id: str) -> ECGRecord:
         path, header = self._header(record_id)
         return self._metadata(record_id, path, header)
 
-    def _metadata(self, record_id: str, path: Path, header: CincHeader) -> ECGRecord:
+    def _metadata(self, record_id: str, path: Path, header: WfdbHeader) -> ECGRecord:
         info = _comment_fields(header.comments)
         labels: dict[str, float] = {}
         for code in (info.get("dx") or "").split(","):
@@ -257,7 +216,8 @@ class CincReader(DatasetReader):
                 record.extra["gain_corrected"] = {f"{wrong:g}": right for wrong, right in fixes.items()}
         gains = np.asarray(gains_list, dtype=np.float64)[:, None]
         baselines = np.asarray(header.baselines, dtype=np.float64)[:, None]
-        physical = ((digital.astype(np.float64) - baselines) / gains).astype(np.float32)
+        factors = mv_factors(record_id, header.units)[:, None]
+        physical = ((digital.astype(np.float64) - baselines) / gains * factors).astype(np.float32)
         record.signal, record.missing_leads = self._arrange(record_id, physical, header.lead_names)
         if record.missing_leads:
             record.extra["zero_filled_leads"] = list(record.missing_leads)

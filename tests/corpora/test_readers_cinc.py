@@ -10,8 +10,8 @@ import pytest
 import scipy.io
 import wfdb
 
-from corpora.base import STANDARD_LEADS, RecordError, Skip
-from corpora.cinc import KNOWN_GAIN_ERRORS, CincReader, parse_header
+from corpora.base import STANDARD_LEADS, RecordError, Skip, parse_wfdb_header
+from corpora.cinc import KNOWN_GAIN_ERRORS, CincReader
 from corpora.ptbxl import PTBXLReader
 
 
@@ -62,7 +62,7 @@ def test_georgia_headers_rejected_by_wfdb_use_the_fallback_parser(cinc, cinc_roo
     for record_id in rejected:
         assert records[record_id].extra["header_parser"] == "fallback"
         digital = scipy.io.loadmat(str(cinc_root / f"{record_id}.mat"))["val"]
-        header = parse_header((cinc_root / f"{record_id}.hea").read_text(), record_id)
+        header = parse_wfdb_header((cinc_root / f"{record_id}.hea").read_text(), record_id)
         assert header.lead_names == list(STANDARD_LEADS)
         expected = (digital / np.asarray(header.gains)[:, None]).astype(np.float32)
         np.testing.assert_allclose(records[record_id].signal, expected, rtol=1e-6)
