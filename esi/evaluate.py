@@ -301,10 +301,12 @@ def zeroshot_evaluation(
         raise ValueError(f"no readable {data.dataset} records to evaluate")
     y = resolved.targets(data.labels, data.vocabulary)
     scores = classifier.scores(data.embeddings(inference, model_key))
-    test = data.fold_mask(test_folds)
-    train = data.fold_mask(threshold_folds) & ~test if threshold_folds is not None else np.zeros_like(test)
+    # A record without any label (e.g. an empty CinC #Dx) is unannotated, not negative for every class.
+    labelled = np.array([bool(labels) for labels in data.labels], dtype=bool)
+    test = data.fold_mask(test_folds) & labelled
+    train = data.fold_mask(threshold_folds) & ~test & labelled if threshold_folds is not None else np.zeros_like(test)
     if not test.any():
-        raise ValueError(f"no {data.dataset} records in test folds {test_folds}")
+        raise ValueError(f"no labelled {data.dataset} records in test folds {test_folds}")
     if train.any():
         report = classification_report(resolved.class_ids, y[test], scores[test], y[train], scores[train])
     else:
@@ -317,6 +319,7 @@ def zeroshot_evaluation(
         threshold_folds if train.any() else None, "templates": templates, "knowledge": use_knowledge,
         "score": "cosine similarity (ECG embedding vs mean prompt embedding)",
         "skipped_classes": report.pop("skipped"),
+        "n_unlabelled_excluded": int((data.fold_mask(test_folds) & ~labelled).sum()),
     })
     return report
 
@@ -525,34 +528,12 @@ def run_evaluation(models: Sequence[tuple[str, str | Path]], options: EvalOption
             if partial.is_file() and not options.force:
                 model_results.setdefault(task, {})[variant] = json.loads(partial.read_text(encoding="utf-8"))
                 continue
-            if task == "zeroshot" and variant == "cinc_scored":
-                data = cinc()
-                result = zeroshot_evaluation(inference, data, variant, test_folds=None, threshold_folds=None,
-                                             templates=options.templates, use_knowledge=options.knowledge,
-                                             model_key=name)
-            elif task == "zeroshot":
-                data = ptbxl()
-                result = zeroshot_evaluation(inference, data, variant, test_folds=options.test_folds,
-                                             threshold_folds=options.train_folds, templates=options.templates,
-                                             use_knowledge=options.knowledge, model_key=name)
-            elif task == "probe":
-                result = probe_evaluation(inference, ptbxl(), variant, train_folds=options.train_folds,
-                                          test_folds=options.test_folds, model_key=name)
-            elif task == "finetune":
-                result = finetune_evaluation(inference, ptbxl(), variant, train_folds=options.train_folds,
-                                             test_folds=options.test_folds, epochs=options.finetune_epochs,
-                                             progress=options.progress)
-            elif task == "patient_id":
-                result = patient_id_evaluation(inference, ptbxl(), folds=None, model_key=name)
-            else:
-                data = ptbxl()
-                text_key = f"{variant}:{id(data)}"
-                if text_key not in text_cache:
-                    text_cache[text_key] = caption_texts(data, variant, options.captions)
-                result = retrieval_evaluation(inference, data, text_cache[text_key], folds=options.test_folds,
-                                              model_key=name)
-            if task != "zeroshot" or variant != "cinc_scored":
-                data = ptbxl()
+            try:
+                result = _run_task(task, variant, inference, options, name, ptbxl, cinc, text_cache)
+            except (ValueError, RecordError) as err:  # e.g. no labelled records: recorded, retried on rerun
+                model_results.setdefault(task, {})[variant] = {"error": str(err)}
+                continue
+            data = cinc() if variant == "cinc_scored" else ptbxl()
             result["skipped_records"] = [f"{s.record}: {s.reason}" for s in data.skipped]
             result["input_notes"] = dict(data.notes)
             atomic_write_text(partial, to_json(result))
@@ -560,6 +541,38 @@ def run_evaluation(models: Sequence[tuple[str, str | Path]], options: EvalOption
     atomic_write_text(options.out / "results.json", to_json(results))
     atomic_write_text(options.out / "results.md", markdown_table(results))
     return results
+
+
+def _run_task(task: str, variant: str, inference: ESIInference, options: EvalOptions, name: str, ptbxl, cinc,
+              text_cache: dict[str, list[str | None]]) -> dict[str, Any]:
+    """One (task, variant) of the suite for one model."""
+    if task == "zeroshot" and variant == "cinc_scored":
+        data = cinc()
+        result = zeroshot_evaluation(inference, data, variant, test_folds=None, threshold_folds=None,
+                                     templates=options.templates, use_knowledge=options.knowledge,
+                                     model_key=name)
+    elif task == "zeroshot":
+        data = ptbxl()
+        result = zeroshot_evaluation(inference, data, variant, test_folds=options.test_folds,
+                                     threshold_folds=options.train_folds, templates=options.templates,
+                                     use_knowledge=options.knowledge, model_key=name)
+    elif task == "probe":
+        result = probe_evaluation(inference, ptbxl(), variant, train_folds=options.train_folds,
+                                  test_folds=options.test_folds, model_key=name)
+    elif task == "finetune":
+        result = finetune_evaluation(inference, ptbxl(), variant, train_folds=options.train_folds,
+                                     test_folds=options.test_folds, epochs=options.finetune_epochs,
+                                     progress=options.progress)
+    elif task == "patient_id":
+        result = patient_id_evaluation(inference, ptbxl(), folds=None, model_key=name)
+    else:
+        data = ptbxl()
+        text_key = f"{variant}:{id(data)}"
+        if text_key not in text_cache:
+            text_cache[text_key] = caption_texts(data, variant, options.captions)
+        result = retrieval_evaluation(inference, data, text_cache[text_key], folds=options.test_folds,
+                                      model_key=name)
+    return result
 
 
 def _fmt(value: Any) -> str:

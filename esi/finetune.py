@@ -82,7 +82,7 @@ def train_classifier(classifier: ECGClassifier, signals: np.ndarray, targets: np
             loss.backward()
             optimiser.step()
             schedule.step()
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + loss.item(), batches + 1
         losses.append(total / max(batches, 1))
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"{desc}: loss became {losses[-1]} in epoch {epoch + 1}")

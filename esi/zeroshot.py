@@ -121,14 +121,18 @@ class ZeroShotClassifier:
         template_list = load_templates(templates) if isinstance(templates, str) else list(templates)
         descriptions = knowledge_descriptions(labelset) if use_knowledge else {}
         prompts: dict[str, list[str]] = {}
+        for c in labelset.classes:
+            prompts[c.id] = [t.format(c.display) for t in template_list]
+        # One batched pass over every prompt and description (much faster than per class).
+        unique = list(dict.fromkeys(t for c in labelset.classes for t in prompts[c.id] + descriptions.get(c.id, [])))
+        vectors = dict(zip(unique, embed_texts(model, unique)))
         rows = []
         for c in labelset.classes:
-            texts = [t.format(c.display) for t in template_list]
-            embedding = _unit_rows(embed_texts(model, texts).mean(axis=0))
+            embedding = _unit_rows(np.mean([vectors[t] for t in prompts[c.id]], axis=0))
             extra = descriptions.get(c.id, [])
             if extra:
-                embedding = _unit_rows(embedding + _unit_rows(embed_texts(model, extra).mean(axis=0)))
-            prompts[c.id] = texts + extra
+                embedding = _unit_rows(embedding + _unit_rows(np.mean([vectors[t] for t in extra], axis=0)))
+            prompts[c.id] = prompts[c.id] + extra
             rows.append(embedding)
         scale = getattr(model, "logit_scale", None)
         logit_scale = float(scale.detach().exp()) if hasattr(scale, "detach") else 10.0
