@@ -27,7 +27,7 @@ import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -63,11 +63,16 @@ class JSONSignal(BaseModel):
 
 
 class ExplainRequest(BaseModel):
-    """Codes to explain (SCP, SNOMED CT, CPSC class names or statements) with optional demographics."""
+    """Labels to explain, with optional demographics (as ``python -m cqa explain``)."""
 
-    codes: list[str] = Field(min_length=1, max_length=50, examples=[["AFIB", "LVH"]])
+    codes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50, examples=[["AFIB", "LVH"]],
+        description="labels: codes, names or abbreviations, read in `vocabulary`")
+    vocabulary: Literal["plain", "scp", "snomed", "mimic_statement", "cpsc2018"] = "plain"
+    statements: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=list, max_length=50, description="machine-statement / report lines (MIMIC style)")
     age: float | None = Field(None, ge=0, le=130)
-    sex: str | None = Field(None, description="male/female")
+    sex: Literal["male", "female"] | None = None
 
 
 _ECG_BODY_DOC: dict[str, Any] = {
@@ -246,7 +251,8 @@ def create_app(
 
     @app.post("/api/explain", tags=["cqa"], summary="CQA: a grounded caption with passages for given codes")
     def explain(request: ExplainRequest) -> dict[str, Any]:
-        return backend.explain(request.codes, age=request.age, sex=request.sex)
+        return backend.explain(request.codes, age=request.age, sex=request.sex, vocabulary=request.vocabulary,
+                               statements=request.statements)
 
     return app
 

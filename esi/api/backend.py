@@ -109,7 +109,9 @@ class Backend:
         self.collection_name = collection
         self.ecg_index = ECGIndex(self.inference, ecg_collection)
         self.text_index, self.text_source = self._open_texts(text_collection)
-        self.knowledge_store = Path(knowledge_store) if knowledge_store else None
+        self._knowledge = self._open_knowledge(knowledge_store) if knowledge_store else None
+        self._captioner = None
+        self._cqa_lock = threading.Lock()
         self._labelsets = available_labelsets()
         self.default_labelset = self._labelset_name(default_labelset)
         self._classifiers: dict[str, ZeroShotClassifier] = {}
@@ -153,6 +155,16 @@ class Backend:
             index.add_texts(items)
         return index, source
 
+    @staticmethod
+    def _open_knowledge(path: str | Path):
+        """The knowledge store for CQA passages; a missing or half-built one fails at start-up."""
+        from retrieval.store import KnowledgeStore, StoreError
+
+        try:
+            return KnowledgeStore.open(str(path))
+        except StoreError as err:
+            raise BackendError(f"cannot open knowledge store {path}: {err}") from err
+
     def _labelset_name(self, name: str | None) -> str:
         """Resolve a shipped label set by name or alias; never treats the name as a path."""
         if not name:
@@ -189,6 +201,7 @@ class Backend:
             "collection": {"name": self.collection_name, "count": self.ecg_index.collection.count()},
             "texts": {"source": self.text_source, "count": self.text_index.collection.count()},
             "default_labelset": self.default_labelset,
+            "knowledge_store": None if self._knowledge is None else {"chunks": self._knowledge.count()},
         }
 
     def labelsets(self) -> dict[str, Any]:
@@ -335,5 +348,51 @@ class Backend:
 
     # ---- CQA -------------------------------------------------------------------------------------------
 
-    def explain(self, codes: list[str], *, age: float | None, sex: str | None) -> dict[str, Any]:
-        raise BackendError("CQA explain is not available yet", status_code=501)
+    def explain(self, codes: list[str], *, age: float | None, sex: str | None, vocabulary: str = "plain",
+                statements: list[str] | None = None) -> dict[str, Any]:
+        """A CQA caption for given labels, grounded in the knowledge corpus, with the passages used.
+
+        Mirrors ``python -m cqa explain --llm none --json`` (that logic lives in ``cqa.__main__``, not in a
+        library function): the descriptions are the grounded ones, never LLM text, so a request costs
+        milliseconds; passages come from ``--knowledge-store`` when the server has one.
+        """
+        from cqa.caption import label_text
+
+        statements = statements or []
+        if not codes and not statements:
+            raise BackendError("give at least one code or statement", status_code=422)
+        vocab = "" if vocabulary == "plain" else vocabulary
+        labels = {code: 100.0 for code in codes}
+        with self._cqa_lock:
+            captioner = self._get_captioner()
+            normalizer = captioner.normalizer
+            try:
+                normalized = normalizer.normalize(labels, vocab)
+                if statements:
+                    normalized = normalizer.merge(
+                        normalized, normalizer.normalize({s: 100.0 for s in statements}, "mimic_statement"))
+                labels.update({s: 100.0 for s in statements})
+                caption = captioner.caption(normalized, age=age, sex=sex, labels=labels,
+                                            text_of_labels=label_text(labels, vocab), with_passages=True)
+            except ValueError as err:
+                raise BackendError(f"cannot explain these labels: {err}", status_code=422) from err
+        passages = [dict(p.to_dict() if hasattr(p, "to_dict") else {"text": str(p)}, finding=finding_id)
+                    for finding_id, items in caption.passages.items() for p in items]
+        return {
+            "caption": caption.caption,
+            "findings": [f.to_dict() for f in caption.findings],
+            "negated": [f.to_dict() for f in caption.negated],
+            "unknown_labels": caption.unknown_labels,
+            "sources": caption.sources,
+            "passages": passages,
+            "label_text": caption.label_text,
+            "knowledge_store": self._knowledge is not None,
+        }
+
+    def _get_captioner(self):
+        """Grounded-only captioner (``--llm none``), built on first use; callers hold ``_cqa_lock``."""
+        if self._captioner is None:
+            from cqa.caption import Captioner
+
+            self._captioner = Captioner(describer=None, store=self._knowledge)
+        return self._captioner

@@ -86,6 +86,24 @@ class APIEnv:
     store_dir: Path
     item_ids: list[str]
     texts: list[str]
+    knowledge_dir: Path
+
+
+KNOWLEDGE_ENTRIES = ("atrial_fibrillation", "lvh", "sinus_rhythm")
+
+
+def build_knowledge_store(store_dir: Path, entries_folder: Path) -> Path:
+    """A real KnowledgeStore (MiniLM embeddings) over a few knowledge entries: small enough to build in seconds."""
+    import shutil
+
+    from corpora.knowledge import entries_dir
+    from retrieval.store import KnowledgeStore
+
+    entries_folder.mkdir(parents=True, exist_ok=True)
+    for name in KNOWLEDGE_ENTRIES:
+        shutil.copy2(entries_dir() / f"{name}.md", entries_folder / f"{name}.md")
+    KnowledgeStore.build(store_dir, knowledge_dir=entries_folder, progress=False)
+    return store_dir
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +113,8 @@ def api_env(tmp_path_factory: pytest.TempPathFactory, ptbxl_root: Path, mimic_st
     store_dir = root / "store"
     item_ids = index_ptbxl(model_dir, store_dir, ptbxl_root, n_records=20)
     texts = index_texts(model_dir, store_dir, mimic_statements[:40], root / "texts.txt")
-    return APIEnv(model_dir, store_dir, item_ids, texts)
+    knowledge_dir = build_knowledge_store(root / "knowledge-store", root / "knowledge-entries")
+    return APIEnv(model_dir, store_dir, item_ids, texts, knowledge_dir)
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +122,7 @@ def app(api_env: APIEnv):
     from esi.api.app import create_app
 
     return create_app(api_env.model_dir, api_env.store_dir, collection="ecg", text_collection="texts",
-                      max_body_bytes=LIMIT_BYTES, max_upload_seconds=60.0)
+                      knowledge_store=api_env.knowledge_dir, max_body_bytes=LIMIT_BYTES, max_upload_seconds=60.0)
 
 
 @pytest.fixture(scope="session")

@@ -379,3 +379,33 @@ def test_traversal_names_in_an_upload_are_sanitised(client, ptbxl_root):
 def test_json_name_is_sanitised(client, ptbxl_root):
     body = {"signal": _signal(ptbxl_root).tolist(), "sampling_rate": 100, "name": "../../../root/.ssh/id_rsa"}
     assert client.post("/api/caption", json=body).json()["ecg"]["name"] == "id_rsa"
+
+
+# ---- CQA explain -----------------------------------------------------------------------------------------
+
+
+def test_explain_matches_the_cqa_cli(client, api_env, capsys):
+    from cqa.__main__ import main as cqa_main
+
+    body = client.post("/api/explain", json={"codes": ["AFIB", "LVH"], "vocabulary": "scp", "age": 56,
+                                             "sex": "male"}).json()
+    assert body["caption"].startswith("56-year-old male.")
+    assert {f["id"] for f in body["findings"]} == {"atrial_fibrillation", "lvh"}
+    assert body["passages"] and {p["finding"] for p in body["passages"]} <= {"atrial_fibrillation", "lvh"}
+    assert all(p["entry"] == p["finding"] for p in body["passages"])
+    assert cqa_main(["explain", "--codes", "AFIB,LVH", "--vocabulary", "scp", "--age", "56", "--sex", "male",
+                     "--llm", "none", "--store", str(api_env.knowledge_dir), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert body["caption"] == cli["caption"]
+    assert [p["text"] for p in body["passages"]] == [p["text"] for p in cli["passages"]]
+
+
+def test_explain_reports_unknown_labels(client):
+    body = client.post("/api/explain", json={"codes": ["NOT_A_CODE"], "vocabulary": "scp"}).json()
+    assert body["findings"] == [] and body["unknown_labels"][0]["label"] == "NOT_A_CODE"
+
+
+@pytest.mark.parametrize("payload", [{}, {"codes": []}, {"codes": ["AFIB"], "sex": "x"},
+                                     {"codes": ["AFIB"], "age": -3}, {"codes": ["AFIB"], "vocabulary": "icd"}])
+def test_explain_rejects_bad_requests(client, payload):
+    assert client.post("/api/explain", json=payload).status_code == 422
