@@ -148,8 +148,8 @@ def arrange_leads(
     return out, missing
 
 
-# Formats with whole bytes per sample, whose .dat size the header fixes exactly.
-_BYTES_PER_SAMPLE = {"16": 2, "24": 3, "32": 4, "80": 1, "8": 1, "61": 2}
+# Bytes per sample of the formats whose .dat size the header fixes (212 packs 2 samples in 3 bytes).
+_BYTES_PER_SAMPLE: dict[str, float] = {"16": 2, "24": 3, "32": 4, "80": 1, "8": 1, "61": 2, "212": 1.5}
 # Physical units -> factor to millivolts.
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "v": 1e3}
 _GAIN_FIELD = re.compile(r"^(?P<gain>[-+0-9.eE]+)(?:\((?P<baseline>[-+0-9]+)\))?(?:/(?P<units>\S+))?$")
@@ -241,10 +241,10 @@ class WfdbSignal:
     reader: str = "wfdb"
 
 
-def _check_size(record_id: str, data_path: Path, sig_len: int, n_sig: int, per_sample: int) -> None:
-    expected = sig_len * n_sig * per_sample
+def _check_size(record_id: str, data_path: Path, sig_len: int, n_sig: int, per_sample: float) -> None:
+    expected = int(np.ceil(sig_len * n_sig * per_sample))
     actual = data_path.stat().st_size
-    if actual != expected:
+    if not expected <= actual <= expected + (1 if per_sample % 1 else 0):  # 212 may pad one byte
         problem = "truncated or corrupt" if actual < expected else "longer than its header says"
         raise RecordError(
             record_id,
@@ -275,6 +275,21 @@ def _read_format16(record_id: str, path: Path, header: WfdbHeader) -> WfdbSignal
     return WfdbSignal(physical.astype(np.float32), header.fs, header.lead_names, header.comments, reader="own")
 
 
+def load_matlab(record_id: str, path: Path) -> dict[str, Any]:
+    """``scipy.io.loadmat`` with its many failure modes on damaged files turned into RecordError."""
+    import struct
+
+    import scipy.io
+
+    if not path.is_file():
+        raise RecordError(record_id, f"signal file missing: {path.name}")
+    try:
+        return scipy.io.loadmat(str(path))
+    except (ValueError, OSError, TypeError, EOFError, IndexError, KeyError, struct.error, UnicodeDecodeError,
+            scipy.io.matlab.MatReadError) as err:
+        raise RecordError(record_id, f"corrupt or truncated {path.name}: {type(err).__name__}: {err}") from err
+
+
 def read_wfdb(record_id: str, path: Path) -> WfdbSignal:
     """Read a WFDB record (``path`` without extension) as mV, or raise :class:`RecordError` saying why.
 
@@ -292,6 +307,12 @@ def read_wfdb(record_id: str, path: Path) -> WfdbSignal:
     except OSError as err:
         raise RecordError(record_id, f"cannot read {header_path.name}: {err}") from err
     header = parse_wfdb_header(text, record_id)
+    formats: dict[str, set[str]] = {}
+    for file_name, fmt in zip(header.file_names, header.fmts):
+        formats.setdefault(file_name, set()).add(fmt.split("+")[0].split("x")[0].split(":")[0])
+    for file_name, found in formats.items():
+        if len(found) > 1:  # the WFDB spec requires one format per signal file
+            raise RecordError(record_id, f"signals in {file_name} have different formats {sorted(found)}")
     fast = _read_format16(record_id, path, header)
     if fast is not None:
         return fast

@@ -28,6 +28,7 @@ from .base import (
     ECGRecord,
     RecordError,
     WfdbHeader,
+    load_matlab,
     mv_factors,
     parse_age,
     parse_sex,
@@ -185,12 +186,7 @@ class CincReader(DatasetReader):
         mat_path = path.parent / files.pop()
         if not mat_path.is_file():
             raise RecordError(record_id, f"signal file missing: {mat_path.name}")
-        import scipy.io
-
-        try:
-            content = scipy.io.loadmat(str(mat_path))
-        except (ValueError, OSError, TypeError, EOFError, scipy.io.matlab.MatReadError) as err:
-            raise RecordError(record_id, f"corrupt or truncated {mat_path.name}: {err}") from err
+        content = load_matlab(record_id, mat_path)
         if "val" not in content:
             raise RecordError(record_id, f"{mat_path.name} has no 'val' variable")
         digital = np.asarray(content["val"])

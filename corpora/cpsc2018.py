@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import STANDARD_LEADS, DatasetReader, ECGRecord, RecordError, parse_age, parse_sex
+from .base import STANDARD_LEADS, DatasetReader, ECGRecord, RecordError, load_matlab, parse_age, parse_sex
 
 CPSC_RATE = 500.0
 CPSC_CLASSES: dict[int, tuple[str, str]] = {
@@ -110,14 +110,7 @@ class CPSC2018Reader(DatasetReader):
 
     def _load(self, record_id: str) -> np.ndarray:
         path = self.root / f"{record_id}.mat"
-        if not path.is_file():
-            raise RecordError(record_id, f"signal file missing: {path.name}")
-        import scipy.io
-
-        try:
-            content = scipy.io.loadmat(str(path))
-        except (ValueError, OSError, TypeError, EOFError, scipy.io.matlab.MatReadError) as err:
-            raise RecordError(record_id, f"corrupt or truncated {path.name}: {err}") from err
+        content = load_matlab(record_id, path)
         struct = content.get("ECG")
         if not isinstance(struct, np.ndarray) or struct.dtype.names is None:
             raise RecordError(record_id, f"{path.name} has no 'ECG' struct")
@@ -127,13 +120,14 @@ class CPSC2018Reader(DatasetReader):
         return struct.reshape(-1)[0]
 
     def read_metadata(self, record_id: str) -> ECGRecord:
-        return self._record(record_id, self._load(record_id), with_signal=False)
+        return self._record(record_id, with_signal=False)
 
     def read(self, record_id: str) -> ECGRecord:
-        return self._record(record_id, self._load(record_id), with_signal=True)
+        return self._record(record_id, with_signal=True)
 
-    def _record(self, record_id: str, struct: np.ndarray, *, with_signal: bool) -> ECGRecord:
-        labels, info, labelled = self._labels(record_id)
+    def _record(self, record_id: str, *, with_signal: bool) -> ECGRecord:
+        labels, info, labelled = self._labels(record_id)  # a bad REFERENCE row is reported first
+        struct = self._load(record_id)
         sex_value = _struct_field(struct, "sex")
         age_value = _struct_field(struct, "age")
         record = ECGRecord(
