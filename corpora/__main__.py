@@ -53,9 +53,12 @@ def summarise(reader: Any, *, metadata_only: bool = False, limit: int | None = N
     record_ids = reader.record_ids()
     if limit is not None:
         record_ids = record_ids[:limit]
+    from tqdm.auto import tqdm
+
     from .base import RecordError
 
-    for record_id in record_ids:
+    # Progress on stderr for long runs (MIMIC); tqdm hides itself when stderr is not a terminal.
+    for record_id in tqdm(record_ids, desc=f"summary {reader.name}", unit="rec", disable=None, file=sys.stderr):
         try:
             record = reader.read_metadata(record_id) if metadata_only else reader.read(record_id)
         except RecordError as err:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -71,59 +73,64 @@ class MimicReader(DatasetReader):
         self.patients_path = Path(patients) if patients else (default_patients if default_patients.is_file() else None)
 
     @staticmethod
-    def _rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    @contextmanager
+    def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
+        """Open a CSV and stream (line number, cells) for its non-blank rows, one at a time."""
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header = [name.strip() for name in next(reader, [])]
             absent = [column for column in required if column not in header]
             if absent:
                 raise ValueError(f"mimic: {path.name} lacks columns {absent}")
-            return header, [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+            yield header, ((reader.line_num, row) for row in reader if any(cell.strip() for cell in row))
 
     @cached_property
     def _studies(self) -> tuple[list[str], dict[str, _Study], dict[str, str]]:
         """(study ids in file order, id -> study, id -> why the row is unusable)."""
-        header, rows = self._rows(self.record_list_path, ("subject_id", "study_id", "ecg_time", "path"))
-        index = {name: i for i, name in enumerate(header)}
         order: list[str] = []
         studies: dict[str, _Study] = {}
         bad: dict[str, str] = {}
-        for line, row in rows:
-            study_id = _normalise_id(row[index["study_id"]]) if len(row) > index["study_id"] else ""
-            record_id = study_id or f"record_list.csv line {line}"
-            if record_id in studies or record_id in bad:
-                record_id = f"{record_id} (line {line})"
-                bad[record_id] = f"duplicate study_id at record_list.csv line {line}"
-            elif len(row) != len(header):
-                bad[record_id] = f"malformed record_list.csv row at line {line}: {len(row)} fields, expected {len(header)}"
-            elif not study_id or not row[index["path"]].strip():
-                bad[record_id] = f"record_list.csv line {line} lacks study_id or path"
-            else:
-                studies[record_id] = _Study(
-                    subject_id=_normalise_id(row[index["subject_id"]]),
-                    ecg_time=row[index["ecg_time"]].strip(),
-                    path=row[index["path"]].strip(),
-                )
-            order.append(record_id)
+        with self._rows(self.record_list_path, ("subject_id", "study_id", "ecg_time", "path")) as (header, rows):
+            index = {name: i for i, name in enumerate(header)}
+            for line, row in rows:
+                study_id = _normalise_id(row[index["study_id"]]) if len(row) > index["study_id"] else ""
+                record_id = study_id or f"record_list.csv line {line}"
+                if record_id in studies or record_id in bad:
+                    record_id = f"{record_id} (line {line})"
+                    bad[record_id] = f"duplicate study_id at record_list.csv line {line}"
+                elif len(row) != len(header):
+                    bad[record_id] = (
+                        f"malformed record_list.csv row at line {line}: {len(row)} fields, expected {len(header)}"
+                    )
+                elif not study_id or not row[index["path"]].strip():
+                    bad[record_id] = f"record_list.csv line {line} lacks study_id or path"
+                else:
+                    studies[record_id] = _Study(
+                        subject_id=_normalise_id(row[index["subject_id"]]),
+                        ecg_time=row[index["ecg_time"]].strip(),
+                        path=row[index["path"]].strip(),
+                    )
+                order.append(record_id)
         return order, studies, bad
 
     @cached_property
     def _statements(self) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
         """study id -> statement lines, and study id -> why its measurements row is unusable."""
-        header, rows = self._rows(self.measurements_path, ("study_id", *REPORT_COLUMNS))
-        index = {name: i for i, name in enumerate(header)}
-        report_indices = [index[column] for column in REPORT_COLUMNS]
         statements: dict[str, tuple[str, ...]] = {}
         bad: dict[str, str] = {}
-        for line, row in rows:
-            if len(row) != len(header):
-                if len(row) > index["study_id"]:
-                    bad[_normalise_id(row[index["study_id"]])] = (
-                        f"malformed machine_measurements.csv row at line {line}: {len(row)} fields, expected {len(header)}"
-                    )
-                continue
-            lines = tuple(sys.intern(row[i].strip()) for i in report_indices if row[i].strip())
-            statements[_normalise_id(row[index["study_id"]])] = lines
+        with self._rows(self.measurements_path, ("study_id", *REPORT_COLUMNS)) as (header, rows):
+            index = {name: i for i, name in enumerate(header)}
+            report_indices = [index[column] for column in REPORT_COLUMNS]
+            for line, row in rows:
+                if len(row) != len(header):
+                    if len(row) > index["study_id"]:
+                        bad[_normalise_id(row[index["study_id"]])] = (
+                            f"malformed machine_measurements.csv row at line {line}: "
+                            f"{len(row)} fields, expected {len(header)}"
+                        )
+                    continue
+                lines = tuple(sys.intern(row[i].strip()) for i in report_indices if row[i].strip())
+                statements[_normalise_id(row[index["study_id"]])] = lines
         return statements, bad
 
     @cached_property
@@ -131,15 +138,16 @@ class MimicReader(DatasetReader):
         """subject id -> (gender, anchor_age, anchor_year); empty without patients.csv."""
         if self.patients_path is None:
             return {}
-        header, rows = self._rows(self.patients_path, ("subject_id", "gender", "anchor_age", "anchor_year"))
-        index = {name: i for i, name in enumerate(header)}
-        return {
-            _normalise_id(row[index["subject_id"]]): (
-                row[index["gender"]], row[index["anchor_age"]], row[index["anchor_year"]]
-            )
-            for _, row in rows
-            if len(row) == len(header)
-        }
+        required = ("subject_id", "gender", "anchor_age", "anchor_year")
+        with self._rows(self.patients_path, required) as (header, rows):
+            index = {name: i for i, name in enumerate(header)}
+            return {
+                _normalise_id(row[index["subject_id"]]): (
+                    row[index["gender"]], row[index["anchor_age"]], row[index["anchor_year"]]
+                )
+                for _, row in rows
+                if len(row) == len(header)
+            }
 
     def record_ids(self) -> list[str]:
         return list(self._studies[0])
