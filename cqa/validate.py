@@ -26,7 +26,7 @@ from typing import Any
 
 from corpora.knowledge import KnowledgeEntry, load_entries
 
-from .vocab import Vocabulary, default_vocabulary
+from .vocab import Vocabulary, default_vocabulary, entry_terms
 
 MIN_CHARS = 20
 MAX_CHARS = 320
@@ -45,6 +45,8 @@ _GARBAGE = [
                 r"i cannot|i can't|i'm sorry|i am sorry|here is|here's|sure[,!])"), "assistant chatter"),
     (re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]"), "control character"),
     (re.compile(r"(?m)^\s*(?:[-*•]|\d+[.)])\s"), "list formatting"),
+    (re.compile(r"(?i)\b(?:also called|category|scp-ecg codes?|snomed ct codes?|definition|mechanism|"
+                r"diagnostic criteria|common confusions)\s*:"), "echoed passage headings"),
 ]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 _STOP = {"a", "an", "the", "of", "in", "on", "and", "or", "with", "to", "by", "is", "are", "as", "at", "for",
@@ -145,16 +147,33 @@ def _allowed(ids: Iterable[str], context: Iterable[str], vocab: Vocabulary) -> s
     return allowed
 
 
-def check_caption(caption: str, findings: Iterable[Any], context: Iterable[Any] = (),
-                  vocab: Vocabulary | None = None) -> CaptionCheck:
+@lru_cache(maxsize=1024)
+def implied_findings(entry_id: str) -> frozenset[str]:
+    """Findings an entry's own waveform features name (e.g. ST elevation and Q waves for an inferior
+    MI): describing the entry may mention them without asserting an absent finding."""
+    vocab = default_vocabulary()
+    entry = vocab.entries.get(entry_id)
+    if entry is None:
+        return frozenset()
+    return frozenset(i for bullet in entry.waveform_features for m in vocab.mentions(bullet)
+                     if m.qualifier != "negated" for i in m.entry_ids)
+
+
+def check_caption(caption: str, findings: Iterable[Any], context: Iterable[Any] = (), *,
+                  implied: bool = True, vocab: Vocabulary | None = None) -> CaptionCheck:
     """Faithfulness report: every input finding mentioned, no absent finding asserted.
 
-    ``findings``: Finding objects, dicts with "id", or entry ids. ``context``: texts (or passages)
-    whose named findings may also be asserted (e.g. the retrieved passages); empty = strict.
+    ``findings``: Finding objects, dicts with "id", or entry ids. Besides the input findings, a
+    caption may assert the findings named in ``context`` (texts or passages, e.g. the retrieved
+    passages) and, with ``implied`` (default), those the input findings' own waveform features name
+    (:func:`implied_findings`). ``implied=False`` and no context is the strict test.
     """
     vocab = vocab or default_vocabulary()
     ids = _finding_ids(findings)
     allowed = _allowed(ids, context, vocab)
+    if implied:
+        for entry_id in ids:
+            allowed |= implied_findings(entry_id)
     mentions = vocab.mentions(caption)
     mentioned = [i for i in ids if mentions_finding(caption, i, vocab)]
     unsupported: list[str] = []
@@ -168,13 +187,25 @@ def check_caption(caption: str, findings: Iterable[Any], context: Iterable[Any] 
     return CaptionCheck(not missing and not unsupported, mentioned, missing, unsupported, negated)
 
 
-def trim_to_sentences(text: str) -> str:
-    """Drop a cut-off trailing fragment (generation stopped at max tokens) and surrounding quotes."""
-    text = " ".join(text.strip().strip('"').split())
-    if not text or text[-1] in ".!?":
-        return text
-    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
-    return text[:cut + 1] if cut > 0 else text
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a generated text; a line break also ends a sentence."""
+    pieces = []
+    for line in text.splitlines():
+        pieces += [s.strip() for s in _SENTENCE_END.split(line.strip()) if s.strip()]
+    return pieces
+
+
+def trim_to_sentences(text: str, max_sentences: int = MAX_SENTENCES) -> str:
+    """Keep the first ``max_sentences`` complete sentences: a stop rule applied after decoding.
+
+    A cut-off trailing fragment (generation stopped at the token limit) is dropped; surrounding
+    quotes are removed. An unfinished single sentence is kept, for the validator to reject.
+    """
+    sentences = split_sentences(text.strip().strip('"'))
+    complete = [s for s in sentences if s[-1] in ".!?"]
+    if sentences and sentences[-1][-1] not in ".!?" and complete:
+        sentences = sentences[:-1]
+    return " ".join(sentences[:max_sentences])
 
 
 def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (), *,
@@ -183,11 +214,11 @@ def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (),
     """Check a generated description of ``entry_id`` against the rules in the module docstring."""
     vocab = vocab or default_vocabulary()
     reasons: list[str] = []
-    cleaned = trim_to_sentences(text or "")
+    cleaned = trim_to_sentences(text or "", max_sentences)
     if len(cleaned) < min_chars:
         return Check(False, [f"too short ({len(cleaned)} chars < {min_chars})"], cleaned)
     for pattern, label in _GARBAGE:
-        found = pattern.search(text)
+        found = pattern.search(cleaned)
         if found:
             reasons.append(f"prompt-format garbage ({label}: {found.group(0)[:30]!r})")
             break
@@ -195,9 +226,15 @@ def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (),
         reasons.append("unfinished sentence (cut off at the token limit)")
     if len(cleaned) > max_chars:
         reasons.append(f"too long ({len(cleaned)} chars > {max_chars})")
-    sentences = [s for s in _SENTENCE_END.split(cleaned) if s.strip()]
-    if len(sentences) > max_sentences:
-        reasons.append(f"too many sentences ({len(sentences)} > {max_sentences})")
+    sentences = split_sentences(cleaned)
+    if len({s.lower() for s in sentences}) < len(sentences):
+        reasons.append("repeated sentence")
+    entry = vocab.entries.get(entry_id)
+    if entry is not None:
+        name_words = {w.lower() for term in entry_terms(entry) for w in re.findall(r"[\w′'-]+", term)}
+        content = [w for w in re.findall(r"[\w′'-]+", cleaned.lower()) if w not in name_words and w not in _STOP]
+        if len(content) < 3:
+            reasons.append("no content beyond the finding's name")
     words = cleaned.lower().split()
     grams = [" ".join(words[i:i + 4]) for i in range(len(words) - 3)]
     if grams and max(grams.count(g) for g in set(grams)) >= 3:
@@ -211,17 +248,9 @@ def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (),
     return Check(not reasons, reasons, cleaned)
 
 
-def grounded_description(entry: KnowledgeEntry, max_bullets: int = MAX_BULLETS,
-                         vocab: Vocabulary | None = None) -> str:
-    """The LLM-free description: the entry's waveform-feature bullets, joined deterministically.
-
-    Bullets that would assert another finding (e.g. LVH's "T-wave inversion (strain pattern)") are
-    left out (unless every bullet has one), so the grounded text stays
-    faithful to the input findings wherever the entry allows it.
-    """
-    vocab = vocab or default_vocabulary()
-    bullets = [b.rstrip(" .;") for b in entry.waveform_features]
-    clean = [b for b in bullets
-             if all(entry.id in ids for ids in asserted_findings(b, vocab))]
-    chosen = clean[:max_bullets] if clean else bullets[:max_bullets]
-    return "; ".join(chosen) + "."
+def grounded_description(entry: KnowledgeEntry, max_bullets: int = MAX_BULLETS) -> str:
+    """The LLM-free description: the entry's first waveform-feature bullets (authors order them by
+    importance), joined deterministically. Feature terms that are findings of their own (the "ST
+    elevation" of an infarction) are implied by the entry, see :func:`implied_findings`."""
+    bullets = [b.rstrip(" .;") for b in entry.waveform_features[:max_bullets]]
+    return "; ".join(bullets) + "."

@@ -39,6 +39,7 @@ _HEDGE_BEFORE = re.compile(
 _HEDGE_AFTER = re.compile(
     r"\b(?:borderline|cannot be (?:excluded|ruled out)|(?:is |are )?(?:possible|probable|suspected))\b", re.I
 )
+NEGATION_WINDOW_WORDS = 3
 # Clause boundaries: a qualifier does not reach across these.
 _CLAUSE_BOUNDARY = re.compile(r"[,;.:()\n]|\s[-–—]\s|\bwith\b|\bbut\b|\band\b|\bwhile\b|\bwhereas\b", re.I)
 
@@ -143,18 +144,26 @@ def clause_bounds(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def qualify(text: str, start: int, end: int) -> str:
-    """How the clause qualifies the mention at ``text[start:end]``: present, possible or negated."""
+    """How the clause qualifies the mention at ``text[start:end]``: present, possible or negated.
+
+    A negation cue must stand close before the mention (at most ``NEGATION_WINDOW_WORDS`` words in
+    between: "no acute atrial fibrillation"), so "no further analysis due to paced rhythm" does not
+    negate the rhythm. Hedges reach through the whole clause ("possible ... infarct").
+    """
     left, right = clause_bounds(text, start, end)
     before, after = text[left:start], text[end:right]
+    if _HEDGE_AFTER.search(after):
+        return "possible"
     if _NEGATION_AFTER.search(after):
         return "negated"
     hedge = [m.end() for m in _HEDGE_BEFORE.finditer(before)]
-    negation = [m.end() for m in _NEGATION_BEFORE.finditer(before)]
+    negation = [m.end() for m in _NEGATION_BEFORE.finditer(before)
+                if len(before[m.end():].split()) <= NEGATION_WINDOW_WORDS]
     if hedge and (not negation or max(hedge) >= max(negation)):
         return "possible"
     if negation:
         return "negated"
-    if _HEDGE_AFTER.search(after) or re.search(r"\bor\b", text[left:right], re.I):
+    if re.search(r"\bor\b", text[left:right], re.I):
         return "possible"
     return "present"
 
