@@ -14,7 +14,7 @@ import scipy.io
 import wfdb
 
 from corpora.__main__ import main
-from corpora.base import STANDARD_LEADS, RecordError, Skip
+from corpora.base import RecordError, Skip
 from corpora.cinc import CincReader
 from corpora.cpsc2018 import CPSC2018Reader
 from corpora.mimic import MimicReader
@@ -307,7 +307,3 @@ def test_cpsc2018_bad_rows_and_files(tmp_path) -> None:
     assert "wrong lead count" in reasons["A0005"]
     with pytest.raises(RecordError, match="^A0005: wrong lead count"):
         CPSC2018Reader(root).read("A0005")
-
-
-def test_standard_lead_order_is_what_the_tests_assume() -> None:
-    assert STANDARD_LEADS[:6] == ("I", "II", "III", "aVR", "aVL", "aVF")
