@@ -87,6 +87,7 @@ class CincReader(DatasetReader):
         "Ningbo): WFDB header + MATLAB v4 .mat, SNOMED CT diagnoses"
     )
     label_vocabulary: ClassVar[str] = "snomed"
+    correct_known_gains: bool = True  # class default too, for instances built by for_record
 
     def __init__(
         self,
@@ -105,6 +106,25 @@ class CincReader(DatasetReader):
             raise FileNotFoundError(f"cinc: SNOMED mapping file(s) {absent} not found; pass dx_mapping=[...]")
         self.dx_mapping_paths = paths
         self.snomed = load_dx_mapping(paths)
+
+    @classmethod
+    def for_record(
+        cls, header: str | Path, *, dx_mapping: list[str | Path] | None = None, correct_known_gains: bool = True
+    ) -> CincReader:
+        """A reader over the single record ``header`` (.hea) without scanning its folder.
+
+        The dx_mapping CSVs are taken from ``dx_mapping`` or from next to the header; when
+        neither exists the codes are still read, with ``label_info`` marking them unknown.
+        """
+        header = Path(header).with_suffix(".hea")
+        paths = [Path(p) for p in dx_mapping] if dx_mapping else [header.parent / n for n in DX_MAPPING_FILES]
+        reader = cls.__new__(cls)
+        DatasetReader.__init__(reader, header.parent)
+        reader.correct_known_gains = correct_known_gains
+        reader.dx_mapping_paths = [p for p in paths if p.is_file()]
+        reader.snomed = load_dx_mapping(reader.dx_mapping_paths)
+        reader.__dict__["_headers"] = {header.stem: header}
+        return reader
 
     @cached_property
     def _headers(self) -> dict[str, Path]:

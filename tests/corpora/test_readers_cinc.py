@@ -134,3 +134,15 @@ def test_missing_dx_mapping_is_a_clear_error(tmp_path, cinc_root) -> None:
     assert reader.record_ids() == []
     with pytest.raises(RecordError, match="no header"):
         reader.read("A0001")
+
+
+def test_for_record_reads_one_record_with_or_without_the_mapping(tmp_path, cinc_root) -> None:
+    reader = CincReader.for_record(cinc_root / "E00018.hea")
+    assert reader.record_ids() == ["E00018"]
+    record = reader.read("E00018")
+    assert record.label_info["426177001"]["abbreviation"] == "SB"
+    for suffix in (".hea", ".mat"):
+        (tmp_path / f"S0001{suffix}").write_bytes((cinc_root / f"S0001{suffix}").read_bytes())
+    alone = CincReader.for_record(tmp_path / "S0001.hea").read("S0001")
+    np.testing.assert_array_equal(alone.signal, CincReader(cinc_root).read("S0001").signal)
+    assert all(info["known"] is False for info in alone.label_info.values())
