@@ -142,7 +142,8 @@ def test_for_record_reads_one_record_with_or_without_the_mapping(tmp_path, cinc_
     record = reader.read("E00018")
     assert record.label_info["426177001"]["abbreviation"] == "SB"
     for suffix in (".hea", ".mat"):
-        (tmp_path / f"S0001{suffix}").write_bytes((cinc_root / f"S0001{suffix}").read_bytes())
-    alone = CincReader.for_record(tmp_path / "S0001.hea").read("S0001")
-    np.testing.assert_array_equal(alone.signal, CincReader(cinc_root).read("S0001").signal)
+        (tmp_path / f"E00018{suffix}").write_bytes((cinc_root / f"E00018{suffix}").read_bytes())
+    alone = CincReader.for_record(tmp_path / "E00018.hea").read("E00018")
+    np.testing.assert_array_equal(alone.signal, record.signal)
+    assert alone.labels == record.labels and len(alone.labels) == 2
     assert all(info["known"] is False for info in alone.label_info.values())
