@@ -115,13 +115,28 @@ function renderTexts(texts) {
   if (!texts.length) list.appendChild(el("li", "", "no texts indexed"));
 }
 
+function formatValue(value) {
+  if (Array.isArray(value)) return value.join(", ");
+  if (value && typeof value === "object") {
+    return Object.entries(value).map(([key, v]) => `${key} (${v})`).join(", ");
+  }
+  return String(value);
+}
+
 function renderMeta(record) {
   const dl = $("detail-meta");
   dl.replaceChildren();
-  const rows = Object.entries(record.metadata || {}).filter(([, v]) => v !== null && v !== "");
+  const hidden = new Set(["codes"]); // the same information as "labels"
+  const rows = Object.entries(record.metadata || {})
+    .filter(([key, value]) => !hidden.has(key) && value !== null && value !== "")
+    .sort(([a], [b]) => a.localeCompare(b));
   rows.forEach(([key, value]) => {
     dl.appendChild(el("dt", "", key));
-    dl.appendChild(el("dd", "", Array.isArray(value) ? value.join(", ") : String(value)));
+    dl.appendChild(el("dd", "", formatValue(value)));
+  });
+  (record.notes || []).forEach((note) => {
+    dl.appendChild(el("dt", "", "note"));
+    dl.appendChild(el("dd", "", note));
   });
 }
 

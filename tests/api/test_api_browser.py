@@ -1,0 +1,134 @@
+"""End to end: `serve` in a subprocess on a free loopback port, the page driven in headless Chromium.
+
+Chromium comes from Debian (`apt-get install -y chromium`, done by scripts/setup.sh); Playwright only
+drives it and never downloads a browser. As root (CI) a missing /usr/bin/chromium is a failure; without
+root it is a skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STARTUP_TIMEOUT_S = 240
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is missing; install it with `apt-get update && apt-get install -y chromium`"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.fail(message + " (running as root, so the browser test must not be skipped)")
+    pytest.skip(message + " (not root, cannot install it here)")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:  # loopback only
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(api_env, tmp_path_factory):
+    """`python -m esi.api.cli serve ...` on 127.0.0.1:<free port>; yields the base URL."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
+    command = [sys.executable, "-m", "esi.api.cli", "serve", "--model", str(api_env.model_dir),
+               "--store", str(api_env.store_dir), "--collection", "ecg", "--text-collection", "texts",
+               "--knowledge-store", str(api_env.knowledge_dir), "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if _get_json(f"{base}/api/health")["status"] == "ok":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_search_page_shows_plots_and_details(server, tmp_path):
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server + "/")
+            page.wait_for_function("document.querySelector('#labelset').options.length > 0")
+            assert "collection" in page.inner_text("#footer")
+
+            page.fill("#query", "atrial fibrillation with rapid ventricular response")
+            page.click("#search-button")
+            page.wait_for_selector(".card img")
+            cards = page.locator(".card")
+            assert cards.count() == 8  # the page's default top-8, out of 20 indexed ECGs
+            page.wait_for_function(
+                "[...document.querySelectorAll('.card img')].every(img => img.complete && img.naturalWidth > 0)",
+                timeout=60_000,
+            )
+            widths = page.eval_on_selector_all(".card img", "imgs => imgs.map(img => img.naturalWidth)")
+            assert len(widths) == 8 and min(widths) > 800
+            scores = [float(t.split()[-1]) for t in page.locator(".card .score").all_inner_texts()]
+            assert scores == sorted(scores, reverse=True)
+
+            first_id = cards.first.get_attribute("data-record-id")
+            cards.first.click()
+            page.wait_for_selector("#detail:not([hidden])")
+            page.wait_for_selector("#detail-scores li")
+            page.wait_for_function("document.querySelector('#detail-plot').naturalWidth > 0", timeout=60_000)
+            expected = _get_json(f"{server}/api/records/{first_id}")
+            assert page.inner_text("#detail-title") == f"ECG {first_id}"
+            assert page.inner_text("#detail-caption").strip() == (expected["caption"] or "").strip()
+            shown_classes = page.locator("#detail-scores li .cls").all_inner_texts()
+            assert [c.strip() for c in shown_classes] == [s["display"] for s in expected["zero_shot"]["scores"]]
+            shown_texts = page.locator("#detail-texts li .text").all_inner_texts()
+            assert shown_texts == [t["text"] for t in expected["nearest_texts"]]
+            assert page.locator(".card.selected").count() == 1
+
+            screenshot = tmp_path / "esi-search-page.png"
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.stat().st_size > 10_000
+            keep = os.environ.get("ESI_SCREENSHOT_DIR")
+            if keep:
+                shutil.copy2(screenshot, Path(keep) / screenshot.name)
+        finally:
+            browser.close()
