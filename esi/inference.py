@@ -254,3 +254,23 @@ def _without_signal(record: ECGRecord) -> ECGRecord:
     from dataclasses import replace
 
     return replace(record, signal=None)
+
+
+def save_random_model(directory: str | Path, config: str = "nano", seed: int = 0,
+                      captions: Sequence[str] = ("sinus rhythm. normal ECG.", "atrial fibrillation.")) -> Path:
+    """Save a randomly initialised ESI model (a registered config) — same compute cost as a trained one.
+
+    Used by tests and the speed benchmark when no trained model is at hand. Configs with a
+    restricted caption vocabulary get one built from ``captions``.
+    """
+    from esi.factory import create_model, resolve_model_config
+    from esi.text_encoder import load_text_backbone
+    from esi.tokenizer import CaptionTokenizer
+
+    torch.manual_seed(seed)
+    resolved = resolve_model_config(config)
+    vocab = None
+    if resolved.decoder.restrict_vocab:
+        _, tokenizer = load_text_backbone(resolved.text.name_or_path, weights=False)
+        vocab = CaptionTokenizer.build_vocab(tokenizer, captions, resolved.decoder.context_length)
+    return create_model(config, caption_vocab=vocab).save_pretrained(directory)

