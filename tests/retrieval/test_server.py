@@ -1,0 +1,89 @@
+"""Client/server mode against a real local Chroma server (``chroma run``) started by the test."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from retrieval import ClientError, KnowledgeStore, StoreIncompleteError, VectorCollection, open_client
+
+pytestmark = pytest.mark.server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def chroma_url(tmp_path_factory):
+    chroma = Path(sys.executable).with_name("chroma")
+    if not chroma.exists():
+        pytest.fail(f"chroma CLI not found next to {sys.executable}")
+    port = _free_port()
+    data = tmp_path_factory.mktemp("chroma-server")
+    log = (data / "server.log").open("w")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(data / "db"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"chroma server did not start: {(data / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_knowledge_store_over_http(chroma_url, tmp_path, minilm):
+    doc = tmp_path / "wpw.md"
+    doc.write_text("# Pre-excitation\nShort PR interval with a delta wave slurring the QRS upstroke.\n",
+                   encoding="utf-8")
+    built = KnowledgeStore.build(chroma_url, docs=[doc], embeddings=minilm, include_knowledge=False,
+                                 progress=False, collection="server-test")
+    assert built.build_report.added == 1
+    store = KnowledgeStore.open(chroma_url, embeddings=minilm, collection="server-test")
+    assert store.manifest["complete"] and store.manifest["dimension"] == 384
+    hit = store.search("delta wave", k=1)[0]
+    assert hit.source == str(doc.resolve()) and hit.section == "Pre-excitation"
+    again = KnowledgeStore.build(open_client(chroma_url), docs=[doc], embeddings=minilm, include_knowledge=False,
+                                 progress=False, collection="server-test")
+    assert (again.build_report.added, again.build_report.unchanged) == (0, 1)
+
+    client = open_client(chroma_url)
+    client.get_or_create_collection("foreign", embedding_function=None)
+    with pytest.raises(StoreIncompleteError, match="has no manifest"):
+        KnowledgeStore.open(client, embeddings=minilm, collection="foreign")
+
+
+def test_vector_collection_over_http(chroma_url):
+    collection = VectorCollection(chroma_url, "ecg-vectors")
+    assert collection.query(np.ones(4), k=2) == []
+    collection.add(["a", "b"], np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), [{"kind": "x"}, {"kind": "y"}])
+    hits = collection.query(np.array([0.9, 0.1, 0, 0]), k=2)
+    assert [h.id for h in hits] == ["a", "b"] and hits[0].score > hits[1].score
+
+
+def test_unreachable_server_is_a_clear_error():
+    with pytest.raises(ClientError, match="cannot reach Chroma server at http://127.0.0.1:"):
+        open_client(f"http://127.0.0.1:{_free_port()}")
