@@ -28,6 +28,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -221,22 +222,12 @@ def create_app(
         hits = backend.search(q.strip(), k)
         for rank, hit in enumerate(hits, start=1):
             hit["rank"] = rank
-            hit["plot_url"] = app.url_path_for("record_plot", record_id=hit["id"]) + f"?format=png&layout={layout}"
+            hit["plot_url"] = _plot_url(hit["id"], layout)
         return {"query": q.strip(), "k": k, "results": hits}
 
-    @app.get("/api/records/{record_id}", tags=["collection"],
-             summary="An indexed ECG with its caption, zero-shot scores and nearest texts")
-    def record(
-        record_id: Annotated[str, PathParam(max_length=200)],
-        labelset: str | None = None,
-        top_k: Annotated[int, Query(ge=1, le=200)] = 5,
-        k_texts: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
-    ) -> dict[str, Any]:
-        details = backend.record_details(record_id, labelset=labelset, top_k=top_k, k_texts=k_texts)
-        details["plot_url"] = app.url_path_for("record_plot", record_id=record_id) + "?format=png&layout=3x4"
-        return details
-
-    @app.get("/api/records/{record_id}/plot", tags=["collection"], name="record_plot",
+    # The plot route comes first: with the :path converter (ids may contain '/') the details route
+    # would otherwise also match '.../plot'.
+    @app.get("/api/records/{record_id:path}/plot", tags=["collection"], name="record_plot",
              summary="Plot an indexed ECG (PNG or SVG)",
              responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
     def record_plot(
@@ -247,6 +238,18 @@ def create_app(
         image = backend.record_plot(record_id, layout, format)
         return Response(image, media_type=MEDIA_TYPES[format], headers={"Cache-Control": "max-age=3600"})
 
+    @app.get("/api/records/{record_id:path}", tags=["collection"],
+             summary="An indexed ECG with its caption, zero-shot scores and nearest texts")
+    def record(
+        record_id: Annotated[str, PathParam(max_length=200)],
+        labelset: str | None = None,
+        top_k: Annotated[int, Query(ge=1, le=200)] = 5,
+        k_texts: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
+    ) -> dict[str, Any]:
+        details = backend.record_details(record_id, labelset=labelset, top_k=top_k, k_texts=k_texts)
+        details["plot_url"] = _plot_url(record_id, "3x4")
+        return details
+
     # ---- CQA ----------------------------------------------------------------------------------------
 
     @app.post("/api/explain", tags=["cqa"], summary="CQA: a grounded caption with passages for given codes")
@@ -255,6 +258,11 @@ def create_app(
                                statements=request.statements)
 
     return app
+
+
+def _plot_url(record_id: str, layout: str) -> str:
+    """The PNG plot URL of an indexed ECG (ids are percent-encoded; '/' and ':' kept for readability)."""
+    return f"/api/records/{quote(record_id, safe='/:')}/plot?format=png&layout={layout}"
 
 
 async def _run(function, *args: Any) -> Any:
