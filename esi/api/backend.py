@@ -150,9 +150,12 @@ class Backend:
         wanted = {item.id for item in items}
         present = [h.id for h in collection.get(sorted(wanted))]
         if len(present) < len(wanted):
-            log.info("embedding %d knowledge passages for ECG->text retrieval", len(wanted) - len(present))
+            log.info("embedding %d knowledge passages for ECG->text retrieval (once per store; a few "
+                     "minutes on a small CPU)", len(wanted) - len(present))
         with self._model_lock:
-            index.add_texts(items)
+            added = index.add_texts(items)
+        if added:
+            log.info("embedded %d knowledge passages into %s", added, source)
         return index, source
 
     @staticmethod
