@@ -122,7 +122,8 @@ class ConvNeXtV2ECG(nn.Module):
             self.downsample_layers.append(nn.Sequential(
                 ChannelsFirstLayerNorm(dims[i]), nn.Conv1d(dims[i], dims[i + 1], kernel_size=2, stride=2),
             ))
-        rates = torch.linspace(0, config.drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, like timm
         self.stages = nn.ModuleList()
         start = 0
         for dim, depth in zip(dims, depths):

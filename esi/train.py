@@ -82,6 +82,7 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None  # also at every epoch end and at a max_steps stop
     keep_checkpoints: int = 2
     device: str = "auto"
+    num_threads: int | None = None  # torch intra-op threads on CPU (None: torch's default)
 
     def __post_init__(self) -> None:
         if self.no_caption_loss and self.no_contrastive_loss:
@@ -319,6 +320,8 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
     run_dir = Path(run_dir)
     device_kind = "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     env = init_distributed(device_kind)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
     device = pick_device(config, env)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     model_config = config.model_config()

@@ -1,0 +1,54 @@
+"""Fixtures for the ESI model/training tests: real PTB-XL records written in the export/caption schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# A model small enough for CPU unit tests; same code paths as the registered sizes.
+ESI_TEST_MODEL = {
+    "embed_dim": 32,
+    "n_samples": 256,
+    "ecg": {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32], "drop_path_rate": 0.1},
+    "decoder": {"width": 32, "layers": 1, "heads": 2, "context_length": 48},
+    "text": {"max_length": 48},
+}
+
+
+@pytest.fixture(scope="session")
+def esi_pairs(ptbxl_root: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """(signals.parquet, captions.parquet) for 60 real PTB-XL records (folds 1-9, 100 Hz)."""
+    from corpora.ptbxl import PTBXLReader
+    from esi.data import write_pairs
+
+    reader = PTBXLReader(ptbxl_root, rate=100)
+    by_fold: dict[int, list] = {}
+    for record_id in reader.record_ids():
+        meta = reader.read_metadata(record_id)
+        bucket = by_fold.setdefault(meta.fold, [])
+        if len(bucket) < (12 if meta.fold == 9 else 6):
+            bucket.append(record_id)
+    records = [reader.read(rid) for fold in sorted(by_fold) for rid in by_fold[fold]]
+    folder = tmp_path_factory.mktemp("esi_pairs")
+    write_pairs(records, folder / "signals.parquet", folder / "captions.parquet", row_group_size=8)
+    return folder / "signals.parquet", folder / "captions.parquet"
+
+
+@pytest.fixture(scope="session")
+def esi_test_model() -> dict:
+    """Model overrides for a CPU-unit-test-sized ESI (applied on top of the ``nano`` config)."""
+    import copy
+
+    return copy.deepcopy(ESI_TEST_MODEL)
+
+
+@pytest.fixture(autouse=True)
+def _esi_single_thread():
+    """Tiny test models run 10-50x slower with 2 intra-op threads on a loaded 2-core box; use one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
