@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -46,17 +46,35 @@ class LLMError(ValueError):
     """A backend spec cannot be resolved or loaded; the message names the spec and the reason."""
 
 
-@dataclass
 class LLMBackend:
-    """A chat model (any LangChain Runnable taking messages) plus the id that keys the cache."""
+    """A chat model (any LangChain Runnable taking messages) plus the id that keys the cache.
 
-    spec: str
-    model_id: str
-    model: Runnable | None
+    Local models are loaded lazily, on the first generation: a re-run whose descriptions are all
+    cached never pays the model load (~20 s for SmolLM2 on 2 CPU cores).
+    """
+
+    def __init__(self, spec: str, model_id: str, model: Runnable | None = None,
+                 loader: Callable[[], Runnable] | None = None):
+        self.spec = spec
+        self.model_id = model_id
+        self._model = model
+        self._loader = loader
+        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
-        return self.model is not None
+        return self._model is not None or self._loader is not None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Runnable | None:
+        with self._lock:
+            if self._model is None and self._loader is not None:
+                self._model = self._loader()
+        return self._model
 
 
 def smollm2_dir() -> Path:
@@ -128,8 +146,8 @@ def load_llm(spec: str = "smollm2", *, max_new_tokens: int = DEFAULT_MAX_NEW_TOK
     if spec == "smollm2":
         folder = smollm2_dir()
         model_id = f"smollm2:{_file_fingerprint(folder / SMOLLM2_GGUF)}"
-        return LLMBackend(spec, model_id, _cached_transformers(str(folder), SMOLLM2_GGUF, model_id,
-                                                               max_new_tokens, timeout_s))
+        return LLMBackend(spec, model_id, loader=lambda: _cached_transformers(
+            str(folder), SMOLLM2_GGUF, model_id, max_new_tokens, timeout_s))
     kind, _, target = spec.partition(":")
     if not target:
         raise LLMError(f"--llm {spec!r}: expected smollm2, none, gguf:PATH, hf:DIR or openai:URL[#model]")
@@ -139,17 +157,17 @@ def load_llm(spec: str = "smollm2", *, max_new_tokens: int = DEFAULT_MAX_NEW_TOK
             raise LLMError(f"--llm {spec!r}: GGUF file {path} not found")
         model_id = f"gguf:{_file_fingerprint(path)}"
         if importlib.util.find_spec("llama_cpp") is not None:
-            return LLMBackend(spec, model_id + ":llama.cpp", _llama_cpp_chat(path, max_new_tokens))
-        return LLMBackend(spec, model_id, _cached_transformers(str(path.parent), path.name, model_id,
-                                                               max_new_tokens, timeout_s))
+            return LLMBackend(spec, model_id + ":llama.cpp", loader=lambda: _llama_cpp_chat(path, max_new_tokens))
+        return LLMBackend(spec, model_id, loader=lambda: _cached_transformers(
+            str(path.parent), path.name, model_id, max_new_tokens, timeout_s))
     if kind == "hf":
         folder = Path(target).expanduser()
         if not (folder / "config.json").is_file():
             raise LLMError(f"--llm {spec!r}: {folder} is not a Hugging Face model folder (no config.json)")
         config_hash = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
         model_id = f"hf:{folder.name}:{config_hash}"
-        return LLMBackend(spec, model_id, _cached_transformers(str(folder), None, model_id,
-                                                               max_new_tokens, timeout_s))
+        return LLMBackend(spec, model_id, loader=lambda: _cached_transformers(
+            str(folder), None, model_id, max_new_tokens, timeout_s))
     if kind == "openai":
         from langchain_openai import ChatOpenAI
 
@@ -222,12 +240,12 @@ class Describer:
 
     def __init__(self, backend: LLMBackend, prompt: PromptSpec | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-        if backend.model is None:
+        if not backend.enabled:
             raise LLMError("Describer needs a model; use --llm none for grounded-only captions")
         self.backend = backend
         self.prompt = prompt or load_prompt()
         self.timeout_s = timeout_s
-        self.chain: Runnable = self.prompt.template() | backend.model | StrOutputParser()
+        self._chain: Runnable | None = None
         settings = json.dumps({"prompt": self.prompt.digest, "max_new_tokens": max_new_tokens}, sort_keys=True)
         self.prompt_hash = hashlib.sha256(settings.encode()).hexdigest()[:16]
 
@@ -235,17 +253,25 @@ class Describer:
     def model_id(self) -> str:
         return self.backend.model_id
 
+    @property
+    def chain(self) -> Runnable:
+        """prompt | model | StrOutputParser (built on first use, which loads a local model)."""
+        if self._chain is None:
+            self._chain = self.prompt.template() | self.backend.model | StrOutputParser()
+        return self._chain
+
     def inputs(self, finding_name: str, passages: Sequence[Any]) -> dict[str, str]:
         return {"finding": neutralise(finding_name), "passages": format_passages(passages)}
 
     def generate(self, finding_name: str, passages: Sequence[Any]) -> Generation:
         """Run the chain in a worker thread; past ``timeout_s`` give up and report why."""
         inputs = self.inputs(finding_name, passages)
+        chain = self.chain  # loads a local model now, outside the timed call
         outcome: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                outcome["text"] = self.chain.invoke(inputs)
+                outcome["text"] = chain.invoke(inputs)
             except Exception as err:  # any backend failure becomes a logged, grounded fallback
                 outcome["error"] = f"{type(err).__name__}: {err}"
 
