@@ -34,6 +34,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -139,7 +140,9 @@ def create_app(
 ) -> FastAPI:
     """Build the app; the model and the collection are opened now so a bad path fails at start-up."""
     backend = backend or Backend(model_dir, store_dir, collection=collection, **backend_options)
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI / ReDoc from the package, not a CDN,
+    # so the docs work on a machine without internet.
+    app = FastAPIOffline(
         title="ESI — ECG Semantic Integrator API",
         version="1.0",
         description=__doc__,

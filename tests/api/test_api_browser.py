@@ -123,6 +123,12 @@ def test_search_page_shows_plots_and_details(server, tmp_path):
             assert shown_texts == [t["text"] for t in expected["nearest_texts"]]
             assert page.locator(".card.selected").count() == 1
 
+            docs = browser.new_page()
+            docs.goto(server + "/docs")
+            docs.wait_for_selector(".opblock", timeout=60_000)  # Swagger UI rendered from local assets
+            assert docs.locator(".opblock").count() >= 10
+            docs.close()
+
             screenshot = tmp_path / "esi-search-page.png"
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(screenshot), full_page=True)

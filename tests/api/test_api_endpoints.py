@@ -61,7 +61,10 @@ def test_labelsets_lists_the_shipped_sets(client):
 
 
 def test_openapi_docs_list_every_endpoint(client):
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # works offline
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert client.get(f"/static-offline-docs/{asset}").status_code == 200
     paths = set(client.get("/openapi.json").json()["paths"])
     assert paths == {
         "/api/health", "/api/labelsets", "/api/classify", "/api/retrieve", "/api/caption", "/api/plot",
