@@ -55,16 +55,18 @@ def machine_info() -> dict[str, object]:
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
-def throughput(inference, classifier, signals: np.ndarray, batch_size: int, repeats: int) -> list[float]:
-    """ECG/s over ``repeats`` full passes (after one warm-up batch)."""
+def throughput(inference, classifier, signals: np.ndarray, batch_size: int, repeats: int) -> tuple[float, float]:
+    """Median wall-clock ECG/s over ``repeats`` full passes (after a warm-up batch), and ECGs per
+    process CPU-second (less sensitive to other jobs sharing the machine)."""
     inference.batch_size = batch_size
     classifier.scores(inference.embed_signals(signals[:batch_size]))
-    rates = []
+    rates, per_cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         classifier.scores(inference.embed_signals(signals))
         rates.append(len(signals) / (time.perf_counter() - start))
-    return rates
+        per_cpu.append(len(signals) / (time.process_time() - cpu))
+    return statistics.median(rates), statistics.median(per_cpu)
 
 
 def end_to_end(inference, classifier, n_records: int) -> float | None:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="trained ESI model directory (default: random-init CPU-default 'nano')")
     parser.add_argument("--n-ecgs", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-sizes", default="64,256", help="batch sizes to time (comma-separated)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--collection-size", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
@@ -137,24 +139,33 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model_dir = save_random_model(Path(scratch) / "nano", "nano")
             model_note = "random-init CPU-default 'nano' ESIModel (same cost as trained)"
-        inference = ESIInference(model_dir, batch_size=args.batch_size)
+        inference = ESIInference(model_dir)
     superclass = load_labelset("superclass")
     if (SHARED_PTBXL / "scp_statements.csv").is_file():
         superclass = superclass.resolve(SHARED_PTBXL)
     classifier = ZeroShotClassifier.build(inference.model, superclass, "ecg")
     rng = np.random.default_rng(0)
     signals = rng.normal(size=(args.n_ecgs, 12, inference.n_samples)).astype(np.float32)
-    rates = throughput(inference, classifier, signals, args.batch_size, args.repeats)
+    load_before = os.getloadavg()[0]
+    by_batch = {int(b): throughput(inference, classifier, signals, int(b), args.repeats)
+                for b in args.batch_sizes.split(",")}
+    best_batch = max(by_batch, key=lambda b: by_batch[b][0])
+    inference.batch_size = best_batch
     e2e = end_to_end(inference, classifier, min(args.n_ecgs, 512))
     search = search_latency(inference, args.collection_size, args.queries, k=5)
     config = inference.model.config
     metrics: dict[str, dict[str, object]] = {
         "zeroshot_throughput": {
-            "value": round(statistics.median(rates), 1), "unit": "ECG/s", "target": ">= 100",
+            "value": round(by_batch[best_batch][0], 1), "unit": "ECG/s", "target": ">= 100",
             "note": f"{model_note}; {config.sampling_rate:g} Hz x {config.n_samples} samples, batch "
-                    f"{args.batch_size}, {args.n_ecgs} ECGs, median of {args.repeats} passes, "
-                    f"{torch.get_num_threads()} torch threads",
+                    f"{best_batch}, {args.n_ecgs} ECGs, median of {args.repeats} passes, "
+                    f"{torch.get_num_threads()} torch threads; 1-min load average {load_before:.1f} at start",
         },
+        "zeroshot_ecg_per_cpu_second": {
+            "value": round(by_batch[best_batch][1], 1), "unit": "ECG/CPU-s",
+            "note": "the same run per process CPU-second (all threads); less affected by other jobs",
+        },
+        **{f"zeroshot_throughput_batch{b}": {"value": round(r[0], 1), "unit": "ECG/s"} for b, r in by_batch.items()},
         "search_p50_ms": {
             "value": round(search["p50"], 2), "unit": "ms",
             "note": f"top-5 over {args.collection_size} random unit vectors ({inference.embed_dim}-d), "

@@ -135,6 +135,10 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     print(f"{'class':<12} {'n_pos':>6} {'AUC':>6} {'F1':>6}  display")
     for class_id, row in result["per_class"].items():
         print(f"{class_id:<12} {row['n_positive']:>6} {_f(row['auc']):>6} {_f(row['f1']):>6}  {row['display']}")
+    if result.get("n_unlabelled_excluded"):
+        print(f"{result['n_unlabelled_excluded']} record(s) without any label left out (unannotated, not negative)")
+    if result.get("f1_note"):
+        print(f"F1: {result['f1_note']}")
     for skipped in result["skipped_classes"]:
         print(f"skipped class {skipped['class']}: {skipped['reason']}")
     if data.skipped:

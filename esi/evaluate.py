@@ -252,7 +252,8 @@ def load_eval_data(
                 record = reader.read(record_id)
                 prepared = fit_to_model(record, sampling_rate, n_samples, warn=False)
             except (RecordError, InputError) as err:
-                data.skipped.append(Skip(record_id, str(err)))
+                reason = str(err).removeprefix(f"{record_id}: ")
+                data.skipped.append(Skip(record_id, reason))
                 continue
             for note in prepared.notes:
                 key = note.split(" of ")[0] if note.startswith("cropped") else note
