@@ -137,6 +137,16 @@ class TextEncoder(nn.Module):
             pooled = self.pooled_texts(texts, device)
         return self.proj(pooled.to(self.proj.weight.dtype))
 
+    def precompute(self, texts: Sequence[str], device: torch.device | None = None) -> None:
+        """Fill the cache for ``texts`` in sorted order and fixed chunks.
+
+        Why: padding makes a text's pooled vector depend (in the last float bits) on which other
+        texts share its chunk; filling the cache in a fixed order keeps a resumed run bit-identical.
+        """
+        if not (self.config.freeze and self.config.cache_embeddings):
+            return
+        self.pooled_texts(sorted(set(texts) - set(self._cache)), device or self.proj.weight.device)
+
     @property
     def cache_size(self) -> int:
         return len(self._cache)

@@ -364,6 +364,8 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
 
     torch.manual_seed(config.seed)  # identical init on every rank
     model = ESIModel(model_config, caption_vocab=vocab).to(device)
+    if model_config.text.freeze and model_config.text.cache_embeddings:
+        model.text_encoder.precompute(list(captions.texts.values()), device)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, config))
     step = 0

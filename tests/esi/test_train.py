@@ -1,0 +1,100 @@
+"""Pretraining: CLI run dir layout and metrics, exact resume, NaN stop keeping the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from esi.__main__ import main
+from esi.model import ESIModel
+from esi.train import TrainingDiverged, describe_run, load_train_config, pretrain
+
+
+def _config_file(tmp_path, model_overrides: dict, **train) -> str:
+    config = {"model": "nano", "model_overrides": model_overrides, "epochs": 2, "batch_size": 8, "lr": 1e-3,
+              "warmup_epochs": 0.5, "lr_decay_every_epochs": 1, "log_every_steps": 2, "val_batch_size": 6,
+              "device": "cpu", "num_threads": 1, **train}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_cli_run_then_resume_equals_uninterrupted(esi_pairs, esi_test_model, tmp_path) -> None:
+    signals, captions = esi_pairs
+    config = _config_file(tmp_path, esi_test_model)
+    common = ["pretrain", "--config", config, "--captions", str(captions), "--data", str(signals), "--no-progress"]
+
+    assert main(common + ["--out", str(tmp_path / "full")]) == 0
+    records = describe_run(tmp_path / "full")
+    data = next(r for r in records if r["event"] == "data")
+    assert data["train"]["pairs"] == 48 and data["val"]["pairs"] == 12
+    train = [r for r in records if r["event"] == "train"]
+    assert train[-1]["step"] == 12  # 48 pairs / 8 per step x 2 epochs
+    assert {"loss", "contrastive_loss", "caption_loss", "lr", "logit_scale"} <= set(train[0])
+    val = [r for r in records if r["event"] == "val"]
+    assert len(val) == 2
+    assert {"val_contrastive_loss", "val_acc_ecg_to_text", "val_acc_text_to_ecg"} <= set(val[0])
+    assert 0.0 <= val[-1]["val_acc_ecg_to_text"] <= 1.0
+    state = torch.load(tmp_path / "full" / "checkpoints" / "step_00000012" / "train_state.pt", weights_only=True)
+    assert state["step"] == 12 and isinstance(state["rng"]["torch"], torch.Tensor)
+
+    # interrupted mid-epoch 2 (max-steps stop), then resumed
+    assert main(common + ["--out", str(tmp_path / "cut"), "--max-steps", "8"]) == 0
+    assert json.loads((tmp_path / "cut" / "checkpoints" / "latest.json").read_text())["step"] == 8
+    assert main(common + ["--out", str(tmp_path / "cut")]) == 2  # refuses to overwrite without --resume
+    assert main(common + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+
+    full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name
+    model = ESIModel.from_pretrained(tmp_path / "cut" / "final")
+    assert model.encode_ecg(torch.randn(1, 12, 256)).shape == (1, 32)
+
+
+def test_unknown_config_key_is_named(tmp_path, esi_pairs, capsys) -> None:
+    signals, captions = esi_pairs
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": "nano", "learning_rate": 0.1}))
+    code = main(["pretrain", "--config", str(path), "--captions", str(captions), "--data", str(signals),
+                 "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "'learning_rate'" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({"model": "nano", "model_overrides": {"decoder": {"depth": 2}}}))
+    with pytest.raises(ValueError, match="'decoder.depth'"):
+        load_train_config(str(path))
+    assert {"esi-paper", "esi-tiny-paper", "cpu-default"} <= set(__import__("esi.train").train.list_presets())
+    paper = load_train_config("esi-paper")
+    assert (paper.lr, paper.batch_size, paper.epochs, paper.warmup_epochs) == (5e-5, 48, 30, 5)
+    assert paper.model_config().n_samples == 5000 and paper.model_config().sampling_rate == 500.0
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(esi_pairs, esi_test_model, tmp_path, monkeypatch) -> None:
+    import esi.train as train_module
+
+    signals, captions = esi_pairs
+    config = load_train_config(_config_file(tmp_path, esi_test_model, checkpoint_every_steps=1, epochs=1,
+                                            no_cqa=True))
+    real = train_module.forward_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        parts = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(train_module, "forward_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="not finite at step 3.*step_00000002"):
+        pretrain(config, captions, signals, tmp_path / "run", progress=False)
+    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 2
+    weights = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000002" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (tmp_path / "run" / "final").exists()
