@@ -1,0 +1,289 @@
+"""The main job: the whole ESI pipeline on the embedded defaults, one step after another.
+
+    python -m esi run [--run-dir runs/default] [--data ../shared/data] [--llm smollm2]
+
+Steps (each is the same command a user would type, run in-process):
+
+1. ``store``     build the knowledge store (``python -m retrieval build``)
+2. ``captions``  caption the PTB-XL records with CQA (``python -m cqa caption``)
+3. ``signals``   export the PTB-XL signals to Parquet (``python -m corpora export``)
+4. ``pretrain``  pretrain the CPU-default ESI on folds 1-8, validate on fold 9 (``python -m esi pretrain``)
+5. ``zeroshot``  zero-shot superclass evaluation on fold 9 (``python -m esi zeroshot``)
+6. ``index``     index fold 9 for text->ECG search (``python -m esi index-ecgs``)
+7. ``examples``  one example of each capability, then a results table
+
+Every artefact goes under the run directory. A step whose marker (``.steps/<name>.json``) records the
+same arguments is skipped; a step that was interrupted resumes (captions, pretraining and indexing are
+resumable on their own). ``--force STEP`` re-runs one step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_QUERY = "wide QRS with M-shaped complex in V1"
+STEP_NAMES = ("store", "captions", "signals", "pretrain", "zeroshot", "index", "examples")
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("ESI_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(fh.name, path)
+
+
+@dataclass
+class Step:
+    name: str
+    title: str
+    argv: list[str]
+    entry: Callable[[list[str]], int]
+    output: Path
+    capture: Path | None = None  # write the command's stdout here (JSON steps)
+
+
+class Pipeline:
+    """Runs the steps in order, skipping those whose marker matches, timing the rest."""
+
+    def __init__(self, run_dir: Path, data_root: Path, llm: str, config: str, epochs: int | None,
+                 force: set[str]):
+        self.run_dir = run_dir
+        self.data_root = data_root
+        self.llm = llm
+        self.config = config
+        self.epochs = epochs
+        self.force = force
+        self.timings: dict[str, float] = {}
+        self.skipped: list[str] = []
+
+    # ---- paths -----------------------------------------------------------------------------------
+    @property
+    def ptbxl(self) -> Path:
+        return self.data_root / "ptbxl-mini"
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def steps(self) -> list[Step]:
+        from corpora.__main__ import main as corpora_main
+        from cqa.__main__ import main as cqa_main
+        from esi.__main__ import main as esi_main
+        from retrieval.__main__ import main as retrieval_main
+
+        model = self.path("model", "final")
+        pretrain = ["pretrain", "--config", self.config, "--captions", str(self.path("captions")),
+                    "--data", str(self.path("signals")), "--out", str(self.path("model"))]
+        if self.epochs is not None:
+            pretrain += ["--epochs", str(self.epochs)]
+        return [
+            Step("store", "build the knowledge store", ["build", "--store", str(self.path("store"))],
+                 retrieval_main, self.path("store")),
+            Step("captions", f"caption PTB-XL with CQA (--llm {self.llm})",
+                 ["caption", "--dataset", "ptbxl", "--root", str(self.ptbxl), "--store", str(self.path("store")),
+                  "--out", str(self.path("captions")), "--llm", self.llm,
+                  "--cache", str(self.path("cqa_descriptions.sqlite"))],
+                 cqa_main, self.path("captions", "summary.json")),
+            Step("signals", "export PTB-XL signals (100 Hz, 10 s) to Parquet",
+                 ["export", "--dataset", "ptbxl", "--root", str(self.ptbxl), "--rate", "100",
+                  "--out", str(self.path("signals"))],
+                 corpora_main, self.path("signals", "manifest.json")),
+            Step("pretrain", f"pretrain ESI ({self.config}) on folds 1-8, validate on fold 9", pretrain,
+                 esi_main, model / "config.json"),
+            Step("zeroshot", "zero-shot PTB-XL superclass on fold 9",
+                 ["zeroshot", "--model", str(model), "--dataset", "ptbxl", "--root", str(self.ptbxl),
+                  "--labels", "superclass", "--folds", "9", "--json", "--quiet"],
+                 esi_main, self.path("zeroshot_superclass.json"), capture=self.path("zeroshot_superclass.json")),
+            Step("index", "index fold 9 for text->ECG search",
+                 ["index-ecgs", "--model", str(model), "--dataset", "ptbxl", "--root", str(self.ptbxl),
+                  "--collection", "ptbxl-fold9", "--store", str(self.path("search")), "--folds", "9"],
+                 esi_main, self.path("search")),
+        ]
+
+    def _marker(self, name: str) -> Path:
+        return self.path(".steps", f"{name}.json")
+
+    def _up_to_date(self, step: Step) -> bool:
+        marker = self._marker(step.name)
+        if step.name in self.force or not marker.exists() or not step.output.exists():
+            return False
+        return json.loads(marker.read_text(encoding="utf-8")).get("argv") == step.argv
+
+    def run_step(self, step: Step, number: int, total: int) -> None:
+        print(f"\n[{number}/{total}] {step.title}", flush=True)
+        if self._up_to_date(step):
+            print("    up to date, skipped")
+            self.skipped.append(step.name)
+            return
+        argv = list(step.argv)
+        if step.name == "pretrain" and self.path("model", "checkpoints").exists():
+            argv.append("--resume")
+        print("    $ python -m {} {}".format(step.entry.__module__.split(".")[0], " ".join(argv)), flush=True)
+        start = time.perf_counter()
+        if step.capture is not None:
+            buffer = io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                code = step.entry(argv)
+            if code == 0:
+                _atomic_write(step.capture, buffer.getvalue())
+        else:
+            code = step.entry(argv)
+        if code != 0:
+            raise SystemExit(f"step {step.name!r} failed with exit code {code}; fix the error above and re-run "
+                             "(finished steps are skipped)")
+        self.timings[step.name] = time.perf_counter() - start
+        _atomic_write(self._marker(step.name), json.dumps({"argv": step.argv, "seconds": self.timings[step.name]}))
+
+    def run(self) -> int:
+        if not self.ptbxl.is_dir():
+            print(f"error: PTB-XL data not found at {self.ptbxl}; pass --data or set ESI_SHARED_DATA",
+                  file=sys.stderr)
+            return 2
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        steps = self.steps()
+        total = len(steps) + 1
+        for number, step in enumerate(steps, start=1):
+            self.run_step(step, number, total)
+        print(f"\n[{total}/{total}] examples of each capability", flush=True)
+        report = self.examples()
+        _atomic_write(self.path("report.md"), report)
+        print(report)
+        print(f"run directory: {self.run_dir}")
+        return 0
+
+    # ---- report ----------------------------------------------------------------------------------
+    def examples(self) -> str:
+        from cqa.batch import read_captions
+        from esi.inference import ESIInference
+        from esi.search import ECGIndex, TextIndex, ephemeral_client, knowledge_texts, open_collection
+
+        model_dir = self.path("model", "final")
+        inference = ESIInference(model_dir)
+        captions = read_captions(self.path("captions")).to_pylist()
+        fold9 = [row for row in captions if row.get("fold") == 9]
+        example = next((r for r in fold9 if "CRBBB" in (r.get("labels") or "")), fold9[0] if fold9 else captions[0])
+        record_path = self.ptbxl / _ptbxl_filename(self.ptbxl, example["record_id"])
+
+        prepared = inference.prepare_path(record_path)
+        embedding = inference.embed_signals(prepared.signal[None])[0]
+        zeroshot = json.loads(self.path("zeroshot_superclass.json").read_text(encoding="utf-8"))
+        from esi.labelsets import load_labelset
+        from esi.zeroshot import ZeroShotClassifier
+
+        classifier = ZeroShotClassifier.build(inference.model, load_labelset("superclass"))
+        ranked = classifier.top_classes(classifier.scores(embedding[None])[0], k=5)
+
+        texts = knowledge_texts()
+        text_index = TextIndex(inference, open_collection(ephemeral_client(), "pipeline-knowledge", kind="text",
+                                                          inference=inference))
+        text_index.add_texts(texts)
+        nearest_texts = text_index.retrieve(embedding, k=3)
+
+        collection = open_collection(str(self.path("search")), "ptbxl-fold9", kind="ecg", inference=inference,
+                                     model_dir=str(model_dir), create=False)
+        hits = ECGIndex(inference, collection).search(DEFAULT_QUERY, k=3)
+
+        draft = inference.caption(prepared.signal[None])[0]
+        metrics = _last_validation(self.path("model", "metrics.jsonl"))
+        summary = json.loads(self.path("captions", "summary.json").read_text(encoding="utf-8"))
+        lines = [
+            "# ESI main job — results",
+            "",
+            f"Data: PTB-XL subset at {self.ptbxl} (train folds 1-8, evaluate fold 9). Model: `{self.config}`.",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| captions written | {summary.get('rows')} (finding sources {summary.get('finding_sources')}) |",
+            f"| zero-shot superclass macro AUC (fold 9) | {_fmt(zeroshot.get('macro_auc'))} |",
+            f"| zero-shot superclass macro F1 (fold 9) | {_fmt(zeroshot.get('macro_f1'))} |",
+            f"| zero-shot records evaluated | {zeroshot.get('n_records')} |",
+        ]
+        for key, value in metrics.items():
+            lines.append(f"| validation {key} | {_fmt(value)} |")
+        for name, seconds in self.timings.items():
+            lines.append(f"| time: {name} | {seconds / 60:.1f} min |")
+        if self.skipped:
+            lines.append(f"| steps up to date | {', '.join(self.skipped)} |")
+        lines += [
+            "",
+            f"## A CQA caption (record {example['record_id']}, labels {example.get('labels')})",
+            "",
+            f"> {example['caption']}",
+            "",
+            "## The ESI decoder's draft caption for the same ECG",
+            "",
+            f"> {draft}",
+            "",
+            f"## Zero-shot superclass scores for record {example['record_id']}",
+            "",
+            ", ".join(f"{c['class']} {c['score']:.3f}" for c in ranked),
+            "",
+            f"## ECG→text: knowledge passages nearest to record {example['record_id']}",
+            "",
+            *[f"{i}. ({h.score:.3f}) {h.document[:160]}" for i, h in enumerate(nearest_texts, 1)],
+            "",
+            f"## Text→ECG: fold-9 records matching “{DEFAULT_QUERY}”",
+            "",
+            *[f"{i}. record {h.metadata.get('record_id')} ({h.score:.3f}): labels {h.metadata.get('labels')}"
+              for i, h in enumerate(hits, 1)],
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def _ptbxl_filename(root: Path, record_id: str) -> str:
+    import pandas as pd
+
+    table = pd.read_csv(root / "ptbxl_database.csv", usecols=["ecg_id", "filename_lr"])
+    match = table.loc[table["ecg_id"] == int(record_id), "filename_lr"]
+    return str(match.iloc[0])
+
+
+def _last_validation(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    last: dict[str, Any] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if any(str(k).startswith("val") for k in row):
+            last = {k: v for k, v in row.items() if str(k).startswith("val")}
+    return last
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "run", help="the main job: knowledge store -> CQA captions -> pretraining -> evaluation -> search",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default="runs/default", help="where every artefact goes")
+    parser.add_argument("--data", default=None, help="shared data root (default: $ESI_SHARED_DATA or ../shared/data)")
+    parser.add_argument("--llm", default="smollm2", help="CQA backend: smollm2 (default), none (grounded only), "
+                        "gguf:PATH, hf:DIR, openai:URL[#model]")
+    parser.add_argument("--config", default="cpu-default", help="ESI training preset or config file")
+    parser.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    parser.add_argument("--force", action="append", default=[], choices=STEP_NAMES,
+                        help="re-run this step even if it is up to date (repeatable)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    data = Path(args.data) if args.data else default_data_root()
+    return Pipeline(Path(args.run_dir), data, args.llm, args.config, args.epochs, set(args.force)).run()
