@@ -14,7 +14,7 @@ from langchain_core.runnables import RunnableLambda
 from corpora.registry import get_reader
 from cqa.cache import DescriptionCache
 from cqa.caption import Captioner, compose_caption, demographics, label_text
-from cqa.llm import Describer, LLMBackend, format_passages, load_llm
+from cqa.llm import SMOLLM2_GGUF, Describer, LLMBackend, format_passages, load_llm, smollm2_dir
 from cqa.normalize import normalize_labels
 from cqa.validate import check_caption
 
@@ -167,6 +167,9 @@ def test_backend_specs_are_validated(tmp_path: Path) -> None:
         load_llm("llamafile:x")
     backend = load_llm("openai:http://127.0.0.1:9/v1#tiny")
     assert backend.model_id == "openai:http://127.0.0.1:9/v1#tiny"
+    gguf = load_llm(f"gguf:{smollm2_dir() / SMOLLM2_GGUF}")
+    assert gguf.enabled and not gguf.loaded  # local models load lazily, on the first generation
+    assert gguf.model_id.startswith(f"gguf:{SMOLLM2_GGUF}:")
 
 
 def test_openai_backend_against_a_local_server(tmp_path: Path, fake_openai_server, make_store) -> None:  # type: ignore[no-untyped-def]
