@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--where-category", default=None)
     query.add_argument("--where-code", default=None, help="SCP or SNOMED code, e.g. CRBBB or 713427006")
     query.add_argument("--where-entry", default=None)
+    query.add_argument("--max-per-entry", type=int, default=None,
+                       help="at most this many chunks per knowledge entry (1 = k distinct findings)")
     query.add_argument("--model", default=None)
     query.add_argument("--device", default="cpu")
     query.add_argument("query")
@@ -55,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{store.label}: {report.summary()} in {report.seconds:.1f} s")
             return 0
         store = KnowledgeStore.open(args.store, embeddings=embeddings)
+        if store.is_stale():
+            print(f"note: the knowledge corpus changed since {store.label} was built; "
+                  f"run `python -m retrieval build --store {args.store}` to update it", file=sys.stderr)
         where = {key: value for key, value in (("category", args.where_category), ("code", args.where_code),
                                                ("entry", args.where_entry)) if value}
-        passages = store.search(args.query, k=args.k, where=where or None)
+        passages = store.search(args.query, k=args.k, where=where or None, max_per_entry=args.max_per_entry)
     except (StoreError, QueryError, DocumentError, EmbeddingModelError, ClientError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -39,14 +39,15 @@ def load_eval_set(path: str | os.PathLike[str]) -> list[EvalItem]:
 def evaluate(
     store: Any, items: Sequence[EvalItem], ks: Iterable[int] = (1, 5), max_per_entry: int | None = None,
 ) -> dict[str, Any]:
-    """recall@k per k (overall and per kind) plus the misses at the largest k (``store.search`` ranking)."""
+    """recall@k per k (overall and per kind) plus the misses at the largest k (``store.search_many`` ranking)."""
     ks = sorted(set(ks))
     depth = ks[-1]
     hits = {k: 0 for k in ks}
     by_kind: dict[str, dict[str, float]] = {}
     misses = []
-    for item in items:
-        ranked = [p.entry for p in store.search(item.query, k=depth, max_per_entry=max_per_entry)]
+    results = store.search_many([item.query for item in items], k=depth, max_per_entry=max_per_entry)
+    for item, passages in zip(items, results):
+        ranked = [p.entry for p in passages]
         kind = by_kind.setdefault(item.kind, {"n": 0, **{f"recall@{k}": 0.0 for k in ks}})
         kind["n"] += 1
         for k in ks:

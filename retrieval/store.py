@@ -361,6 +361,7 @@ class KnowledgeStore:
         self.manifest = manifest
         self.build_report: BuildReport | None = None
         self._lexical: _LexicalIndex | None = None
+        self.lexical_weight = LEXICAL_WEIGHT  # 0 -> dense-only ranking (for ablations)
         self.vectorstore = Chroma(
             collection_name=location.collection, embedding_function=embeddings, client=location.client,
             collection_configuration={"hnsw": {"space": "cosine"}},
@@ -398,7 +399,8 @@ class KnowledgeStore:
         version = ""
         if include_knowledge:
             version = knowledge_version(folder)
-            chunks += knowledge_chunks(load_entries(folder))
+            # bypass load_entries' per-process cache so a long-lived process sees edited entries
+            chunks += knowledge_chunks(getattr(load_entries, "__wrapped__", load_entries)(folder))
         doc_paths = expand_documents(docs)
         for path in tqdm(doc_paths, desc="parse documents", unit="doc", disable=not progress or not doc_paths):
             chunks += document_chunks(path)
@@ -500,13 +502,37 @@ class KnowledgeStore:
         ``max_per_entry``: at most this many chunks per knowledge entry (user-document chunks are not capped).
         """
         query = validate_query(query)
+        chroma_where = self._check_search_args(k, where, max_per_entry)
+        return self._rank(query, self.embeddings.embed_query(query), k, chroma_where, max_per_entry)
+
+    def search_many(
+        self, queries: Sequence[str], k: int = 5, where: Mapping[str, Any] | None = None,
+        max_per_entry: int | None = None,
+    ) -> list[list[Passage]]:
+        """:meth:`search` for many queries, embedding them in one batch (faster for evaluation and captioning)."""
+        queries = [validate_query(q) for q in queries]
+        chroma_where = self._check_search_args(k, where, max_per_entry)
+        # HuggingFaceEmbeddings encodes queries and documents alike; embed_documents batches them.
+        vectors = self.embeddings.embed_documents(queries) if queries else []
+        return [self._rank(q, v, k, chroma_where, max_per_entry) for q, v in zip(queries, vectors)]
+
+    @staticmethod
+    def _check_search_args(
+        k: Any, where: Mapping[str, Any] | None, max_per_entry: Any,
+    ) -> dict[str, Any] | None:
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise QueryError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
         if max_per_entry is not None and (not isinstance(max_per_entry, int) or max_per_entry < 1):
             raise QueryError(f"max_per_entry must be a positive integer or None, got {max_per_entry!r}")
-        chroma_where = translate_where(where)
+        return translate_where(where)
+
+    def _rank(
+        self, query: str, vector: Sequence[float], k: int, chroma_where: dict[str, Any] | None,
+        max_per_entry: int | None,
+    ) -> list[Passage]:
         fetch = max(DENSE_CANDIDATES, k * 4 if max_per_entry else k)
-        results = self.vectorstore.similarity_search_with_score(query, k=fetch, filter=chroma_where)
+        results = self.vectorstore.similarity_search_by_vector_with_relevance_scores(
+            list(vector), k=fetch, filter=chroma_where)  # (document, cosine distance) pairs
         if not results:
             return []
         ids = [doc.id or "" for doc, _ in results]
@@ -514,7 +540,7 @@ class KnowledgeStore:
             self._lexical = _LexicalIndex(*_all_records(self.vectorstore, with_documents=True))
         lexical = self._lexical.scores(query, ids)
         ranked = sorted(
-            (((1.0 - distance) + LEXICAL_WEIGHT * lex, 1.0 - distance, lex, doc)
+            (((1.0 - distance) + self.lexical_weight * lex, 1.0 - distance, lex, doc)
              for (doc, distance), lex in zip(results, lexical)),
             key=lambda item: -item[0],
         )

@@ -65,3 +65,10 @@ def built_store(tmp_path_factory: pytest.TempPathFactory, minilm: Embeddings, kn
 def hash_embeddings() -> type[HashEmbeddings]:
     """The :class:`HashEmbeddings` class (tests/ is not a package, so tests get it through a fixture)."""
     return HashEmbeddings
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the full embedded corpus share a >20 s build: mark them slow (they still run in CI)."""
+    for item in items:
+        if "built_store" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -54,7 +54,11 @@ def test_search_returns_scored_passages_with_metadata(built_store):
     assert "CRBBB" in top.codes and "713427006" in top.codes
     assert top.section in {"Waveform features", "Diagnostic criteria", "Summary", "Definition"}
     scores = [p.score for p in passages]
-    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1.0
+    assert scores == sorted(scores, reverse=True)
+    for p in passages:  # hybrid score = dense cosine + weight * TF-IDF cosine
+        assert -1.0 <= p.dense_score <= 1.0 and 0.0 <= p.lexical_score <= 1.0
+        assert p.score == pytest.approx(p.dense_score + built_store.lexical_weight * p.lexical_score)
+    assert top.lexical_score > 0 and top.dense_score > 0.2
 
 
 def test_filters_by_category_entry_and_code(built_store):
@@ -73,6 +77,18 @@ def test_filters_by_category_entry_and_code(built_store):
         built_store.search(query, where={"categroy": "conduction"})
 
 
+def test_search_many_matches_search(built_store):
+    queries = ["sawtooth flutter waves", "delta wave with short PR"]
+    batched = built_store.search_many(queries, k=3)
+    for query, passages in zip(queries, batched):
+        single = built_store.search(query, k=3)
+        assert [p.id for p in passages] == [p.id for p in single]
+        assert [p.score for p in passages] == pytest.approx([p.score for p in single], abs=1e-4)
+    assert built_store.search_many([], k=3) == []
+    with pytest.raises(QueryError, match="empty"):
+        built_store.search_many(["ok", ""])
+
+
 def test_bad_queries_are_clear_errors(built_store):
     with pytest.raises(QueryError, match="empty"):
         built_store.search("   ")
@@ -85,8 +101,9 @@ def test_bad_queries_are_clear_errors(built_store):
 
 def test_retriever_in_an_lcel_chain(built_store):
     retriever = built_store.retriever(k=3, where={"category": "conduction"})
-    docs = retriever.invoke("right bundle branch block")
-    assert len(docs) == 3 and docs[0].metadata["entry"] == "crbbb" and "score" in docs[0].metadata
+    docs = retriever.invoke("complete RBBB with an rsR' complex in V1")
+    assert len(docs) == 3 and "crbbb" in [d.metadata["entry"] for d in docs] and "score" in docs[0].metadata
+    assert all(d.metadata["category"] == "conduction" for d in docs)
     prompt = ChatPromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
     chain = {"context": retriever | RunnableLambda(format_documents), "question": RunnablePassthrough()} | prompt
     text = chain.invoke("What does RBBB look like in V1?").to_messages()[0].content

@@ -1,0 +1,121 @@
+"""Benchmark the retrieval layer: full store build time, top-5 query latency, entry-level recall.
+
+Run: ``.venv/bin/python bench/bench_retrieval.py [--queries 300] [--out bench/results/retrieval.json]``.
+Builds a fresh store from the built-in corpus in a temporary directory (the model is loaded first and timed
+separately), times a no-change rebuild, then times ``store.search(q, k=5)`` over the eval-set queries
+(cycled, after a warm-up) with torch's default thread count and with one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _latency(store, queries: list[str], n: int) -> dict[str, float]:
+    for query in queries[:10]:
+        store.search(query, k=5)
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        store.search(queries[i % len(queries)], k=5)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"n": n, "p50_ms": round(_percentile(times, 50), 2), "p95_ms": round(_percentile(times, 95), 2),
+            "mean_ms": round(statistics.fmean(times), 2)}
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--queries", type=int, default=300, help="timed queries (>= 200)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "retrieval.json"))
+    parser.add_argument("--eval", default=str(REPO / "bench" / "retrieval_eval.jsonl"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from corpora.knowledge import knowledge_version, load_entries
+    from retrieval import KnowledgeStore, load_embeddings
+    from retrieval.evaluation import evaluate, load_eval_set
+    from retrieval.store import LEXICAL_WEIGHT
+
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    embeddings = load_embeddings()
+    embeddings.embed_query("warm up")
+    model_load_s = time.perf_counter() - start
+    items = load_eval_set(args.eval)
+    queries = [item.query for item in items]
+
+    with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as tmp:
+        start = time.perf_counter()
+        store = KnowledgeStore.build(Path(tmp) / "kb", embeddings=embeddings, progress=True)
+        build_s = time.perf_counter() - start
+        chunks = store.count()
+        start = time.perf_counter()
+        rebuild = KnowledgeStore.build(Path(tmp) / "kb", embeddings=embeddings, progress=False).build_report
+        rebuild_s = time.perf_counter() - start
+
+        threads = torch.get_num_threads()
+        latency_default = _latency(store, queries, args.queries)
+        torch.set_num_threads(1)
+        latency_one = _latency(store, queries, args.queries)
+        torch.set_num_threads(threads)
+
+        quality = {}
+        for label, weight, cap in (("hybrid_distinct_entries", None, 1), ("hybrid_chunks", None, None),
+                                   ("dense_only_distinct_entries", 0.0, 1), ("dense_only_chunks", 0.0, None)):
+            store.lexical_weight = LEXICAL_WEIGHT if weight is None else weight
+            result = evaluate(store, items, ks=(1, 5), max_per_entry=cap)
+            quality[label] = {k: result[k] for k in ("n", "recall@1", "recall@5")}
+            quality[label]["by_kind"] = result["by_kind"]
+            if label == "hybrid_distinct_entries":
+                quality[label]["misses"] = result["misses"]
+
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                    "python": sys.version.split()[0], "torch": torch.__version__, "torch_threads": threads,
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "model": "all-MiniLM-L6-v2", "knowledge_version": knowledge_version(),
+        "entries": len(load_entries()), "chunks": chunks,
+        "model_load_s": round(model_load_s, 2), "build_s": round(build_s, 2),
+        "rebuild_no_change_s": round(rebuild_s, 2), "rebuild_added": rebuild.added,
+        "query_top5_latency": {"default_threads": latency_default, "one_thread": latency_one},
+        "latency_target_p50_ms": 20, "recall_target_at5": 0.90,
+        "quality": quality,
+    }
+    _write_atomic(Path(args.out), results)
+    print(json.dumps({k: v for k, v in results.items() if k != "quality"}, indent=1))
+    print(json.dumps({k: {m: v[m] for m in ("recall@1", "recall@5")} for k, v in quality.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
