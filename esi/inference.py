@@ -168,7 +168,7 @@ def load_model(model_dir: str | Path, device: str = "cpu"):
 class ESIInference:
     """Batched, gradient-free use of a trained ESI model."""
 
-    def __init__(self, model: Any, *, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model: Any, *, device: str = "cpu", batch_size: int = 256):
         self.model = load_model(model, device) if isinstance(model, str | Path) else model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
