@@ -45,8 +45,8 @@ _GARBAGE = [
                 r"i cannot|i can't|i'm sorry|i am sorry|here is|here's|sure[,!])"), "assistant chatter"),
     (re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]"), "control character"),
     (re.compile(r"(?m)^\s*(?:[-*•]|\d+[.)])\s"), "list formatting"),
-    (re.compile(r"(?i)\b(?:also called|category|scp-ecg codes?|snomed ct codes?|definition|mechanism|"
-                r"diagnostic criteria|common confusions)\s*:"), "echoed passage headings"),
+    (re.compile(r"(?i)\b(?:also called|category|scp-ecg codes?|snomed ct codes?|summary|definition|mechanism|"
+                r"diagnostic criteria|waveform features|common confusions)\s*:"), "echoed passage headings"),
 ]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 _STOP = {"a", "an", "the", "of", "in", "on", "and", "or", "with", "to", "by", "is", "are", "as", "at", "for",
@@ -54,6 +54,7 @@ _STOP = {"a", "an", "the", "of", "in", "on", "and", "or", "with", "to", "by", "i
          "one", "more", "less", "all", "any", "both", "only", "into", "over", "under", "ms", "mm", "mv"}
 _KEY_TERM_CUT = re.compile(r"\b(?:unless|except|without|not|no|absent|rather than|instead of|usually|may)\b|\(",
                            re.I)
+_LEAD_NUMBERS = {"1", "2", "3", "4", "5", "6", "12"}  # V1-V6, 12-lead: not measurements
 _LEAD_WORD = re.compile(r"^(?:i{1,3}|avr|avl|avf|v[1-6](?:[–-]v?[1-6])?|leads?|\d+)$", re.I)
 
 
@@ -244,10 +245,17 @@ def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (),
         content = [w for w in re.findall(r"[\w′'-]+", cleaned.lower()) if w not in name_words and w not in _STOP]
         if len(content) < 3:
             reasons.append("no content beyond the finding's name")
-    words = cleaned.lower().split()
+    words = re.findall(r"[\w′']+", cleaned.lower())
     grams = [" ".join(words[i:i + 4]) for i in range(len(words) - 3)]
-    if grams and max(grams.count(g) for g in set(grams)) >= 3:
+    if len(set(grams)) < len(grams) or (len(words) >= 12 and len(set(words)) / len(words) < 0.5):
         reasons.append("repetition loop")
+    source_text = " ".join(str(getattr(p, "text", p)) for p in passages)
+    if passages:
+        numbers = set(re.findall(r"(?<![\w.])\d+(?:\.\d+)?", cleaned)) - _LEAD_NUMBERS
+        unsupported_numbers = sorted(n for n in numbers if not re.search(rf"(?<![\d.]){re.escape(n)}(?![\d])",
+                                                                        source_text))
+        if unsupported_numbers:
+            reasons.append(f"numbers not in the passages: {', '.join(unsupported_numbers)}")
     if not mentions_finding(cleaned, entry_id, vocab):
         reasons.append(f"does not mention the finding {entry_id!r}")
     allowed = _allowed([entry_id], passages, vocab)

@@ -70,6 +70,19 @@ def test_validate_description_rejects(text: str, reason: str) -> None:
     assert any(reason in r for r in check.reasons), check.reasons
 
 
+def test_validate_description_grounds_numbers_and_rejects_loops() -> None:
+    passages = ["Complete RBBB — Waveform features:\n- QRS: duration 120 ms or longer"]
+    ok = validate_description("Complete RBBB widens the QRS to 120 ms or longer, with rsR′ in V1.", "crbbb", passages)
+    assert ok.ok, ok.reasons
+    invented = validate_description("Complete RBBB widens the QRS to 160 ms, with rsR′ in V1.", "crbbb", passages)
+    assert any("numbers not in the passages: 160" in r for r in invented.reasons)
+    loop = validate_description("Complete RBBB is a QRS pattern that is not a normal QRS pattern. It is a QRS "
+                                "pattern that is not a normal QRS pattern.", "crbbb")
+    assert "repetition loop" in loop.reasons
+    echo = validate_description("Complete right bundle branch block — Summary: the QRS is wide in V1.", "crbbb")
+    assert any("echoed passage headings" in r for r in echo.reasons)
+
+
 def test_validate_description_accepts_and_trims_to_two_sentences() -> None:
     text = ("Complete RBBB shows a QRS of 120 ms or more. V1 has an rsR′ complex. "
             "Leads I and V6 show a wide S wave. And then the model kept going")
