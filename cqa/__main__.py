@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--dataset", required=True, choices=DATASETS)
     caption.add_argument("--root", required=True, help="dataset folder (ptbxl: also a database CSV)")
     caption.add_argument("--store", default=None,
-                         help="knowledge store directory (built if missing); default $ESI_CACHE_DIR/knowledge-store")
+                         help="knowledge store directory, built if missing (opened only when an LLM is used: "
+                              "grounded-only captions need no retrieval); default $ESI_CACHE_DIR/knowledge-store")
     caption.add_argument("--out", required=True, help="output folder (re-run to resume)")
     caption.add_argument("--limit", type=int, default=None, help="only the first N records")
     caption.add_argument("--scp-statements", default=None, help="ptbxl: scp_statements.csv if not next to --root")
