@@ -51,7 +51,9 @@ def machine_info() -> dict[str, object]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "load_average_1m": round(load[0], 2) if load else None}
 
 
 def shared_data() -> Path:
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--sequential", type=int, default=20,
+                        help="extra requests sent one at a time first, for the unloaded service time")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="stop sending after this long")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -179,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     statements = (shared_data() / "mimic-statements" / "statements.txt").read_text(encoding="utf-8").splitlines()
-    queries = list(dict.fromkeys(s.strip() for s in statements if len(s.strip()) > 8))[: args.requests]
-    if len(queries) < args.requests:
-        raise SystemExit(f"only {len(queries)} distinct statements for {args.requests} requests")
+    total = args.requests + args.sequential
+    distinct = list(dict.fromkeys(s.strip() for s in statements if len(s.strip()) > 8))
+    if len(distinct) < total:
+        raise SystemExit(f"only {len(distinct)} distinct statements for {total} requests")
+    queries, sequential_queries = distinct[: args.requests], distinct[args.requests:total]
 
+    machine_at_start = machine_info()  # load average before our own server adds to it
     with tempfile.TemporaryDirectory(prefix="esi-bench-api-") as tmp:
         workdir = Path(tmp)
         if args.model:
@@ -195,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(model_dir, store_dir, collection, port, workdir / "server.log", timeout_s=300)
         startup_s = time.perf_counter() - started
         try:
+            single = run_load(f"http://{HOST}:{port}", sequential_queries, args.k, 1, args.max_seconds, valid_ids)
             result = run_load(f"http://{HOST}:{port}", queries, args.k, args.concurrency, args.max_seconds,
                               valid_ids)
         finally:
@@ -205,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
 
     latencies = [t * 1000 for t in result["latencies"]]
-    errors = result["errors"]
+    single_latencies = [t * 1000 for t in single["latencies"]]
+    errors = result["errors"] + single["errors"]
     ok = len(latencies)
     report = {
         "metrics": {
@@ -213,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                               "note": f"{args.requests} GET /api/search, {args.concurrency} concurrent, k={args.k}"},
             "search_p95_ms": {"value": round(percentile(latencies, 95), 1) if latencies else None, "unit": "ms"},
             "search_max_ms": {"value": round(max(latencies), 1) if latencies else None, "unit": "ms"},
+            "search_sequential_p50_ms": {
+                "value": round(statistics.median(single_latencies), 1) if single_latencies else None, "unit": "ms",
+                "note": f"{args.sequential} searches one at a time (service time without queueing)"},
             "search_throughput": {"value": round(ok / result["wall_s"], 1), "unit": "req/s"},
             "search_ok": {"value": ok, "unit": "requests", "target": f"== {args.requests}"},
             "search_errors": {"value": len(errors), "unit": "requests", "target": "0"},
@@ -220,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
                                  "note": "incl. embedding the knowledge corpus when not yet in the store"},
         },
         "config": {"requests": args.requests, "concurrency": args.concurrency, "k": args.k,
+                   "sequential_requests": args.sequential,
                    "collection_size": result["collection_size"], "model": "given" if args.model else "tiny random (MiniLM text)",
                    "host": HOST},
         "errors_sample": errors[:5],
-        "machine": machine_info(),
+        "machine": machine_at_start,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp_out, out)
     print(json.dumps(report["metrics"], indent=1))
-    return 0 if not errors and ok == args.requests else 1
+    return 0 if not errors and ok == args.requests and len(single_latencies) == args.sequential else 1
 
 
 if __name__ == "__main__":

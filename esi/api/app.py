@@ -23,7 +23,6 @@ An uploaded ECG is multipart ``files`` (``.hea`` + ``.dat``/``.mat``, or one ``.
 
 from __future__ import annotations
 
-import json
 import logging
 from importlib import resources
 from pathlib import Path
@@ -39,7 +38,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from esi.api.backend import Backend, BackendError, NotFound
+from esi.api.backend import Backend, BackendError
 from esi.api.limits import BodySizeLimitMiddleware
 from esi.api.uploads import ParsedECG, UploadError, parse_json_signal, parse_upload
 from esi.plotting import MEDIA_TYPES
@@ -101,7 +100,11 @@ def _static_dir() -> Path:
 
 
 async def read_ecg(request: Request, max_seconds: float) -> ParsedECG:
-    """Parse the ECG in a request body (JSON or multipart) entirely in memory."""
+    """Parse the ECG in a request body (JSON or multipart) in memory.
+
+    Starlette spools multipart parts over 1 MiB to anonymous temporary files; no client-supplied name
+    is ever used for a file (see :mod:`esi.api.uploads`).
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         return parse_json_signal(await request.body(), max_seconds)
@@ -145,7 +148,12 @@ def create_app(
     app = FastAPIOffline(
         title="ESI — ECG Semantic Integrator API",
         version="1.0",
-        description=__doc__,
+        description=(
+            "Zero-shot classification, ECG↔text retrieval, captioning, CQA explanations and plots for "
+            "12-lead ECGs. Send an ECG as multipart `files` (WFDB `.hea` + `.dat`, CinC `.hea` + `.mat`, one "
+            "`.npy` with a `sampling_rate` field, or one `.json`) or as a JSON body "
+            "`{\"signal\": 12 x T (mV), \"sampling_rate\": Hz}`. The search page is at `/`."
+        ),
     )
     app.state.backend = backend
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
@@ -275,8 +283,4 @@ async def _run(function, *args: Any) -> Any:
     return await run_in_threadpool(function, *args)
 
 
-def openapi_json(app: FastAPI) -> str:
-    return json.dumps(app.openapi(), indent=2)
-
-
-__all__ = ["NotFound", "create_app", "read_ecg"]
+__all__ = ["create_app", "read_ecg"]
