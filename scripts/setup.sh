@@ -11,7 +11,7 @@ HASH=$(cat requirements.txt constraints.txt pyproject.toml scripts/setup.sh | sh
 if ! command -v chromium >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "setup: could not install chromium; the browser test will be skipped" >&2
+      || echo "setup: could not install chromium (apt-get install -y chromium); the browser test will fail" >&2
   else
     echo "setup: chromium not found and not root; the browser test will be skipped" >&2
   fi
