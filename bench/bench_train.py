@@ -32,6 +32,9 @@ CAPTIONS = [
 ]
 
 
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 def machine_info() -> dict[str, object]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -55,6 +58,7 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int) -> dict[str, 
     from esi.train import build_optimizer, forward_loss, load_train_config
 
     config = load_train_config(preset, batch_size=batch_size)
+    torch.set_num_threads(config.num_threads or DEFAULT_THREADS)  # as `python -m esi pretrain` would
     raw = config.model_config().to_dict()
     note = ""
     try:
@@ -90,7 +94,7 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int) -> dict[str, 
         step()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"samples_per_s": batch_size * steps / wall, "samples_per_cpu_s": batch_size * steps / cpu,
+    return {"torch_threads": torch.get_num_threads(), "samples_per_s": batch_size * steps / wall, "samples_per_cpu_s": batch_size * steps / cpu,
             "batch_size": batch_size, "steps": steps, "input": f"{model_config.n_samples} samples @ "
             f"{model_config.sampling_rate:g} Hz", "trainable_params": trainable, "note": note}
 
@@ -111,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                "esi-tiny-paper": measure("esi-tiny-paper", args.tiny_batch, args.steps, args.warmup)}
     metrics = {}
     for preset, r in results.items():
-        note = f"batch {r['batch_size']}, {r['input']}, {r['trainable_params'] / 1e6:.1f}M trainable"
+        note = (f"batch {r['batch_size']}, {r['input']}, {r['trainable_params'] / 1e6:.1f}M trainable, "
+                f"{r['torch_threads']} thread(s), load average {machine['load_average_at_start']:.1f}")
         note += f"; {r['note']}" if r["note"] else ""
         metrics[f"train_{preset}_samples_per_s"] = {"value": round(r["samples_per_s"], 2), "unit": "samples/s",
                                                     "note": note}
