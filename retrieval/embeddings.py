@@ -7,6 +7,8 @@ must never reach the Hugging Face hub, and should load the model once per proces
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,3 +89,28 @@ def embeddings_name(embeddings: Embeddings) -> str:
         return str(display)
     name = getattr(embeddings, "model_name", None) or getattr(embeddings, "model", None)
     return str(name) if name else type(embeddings).__name__
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run a block with ``count`` torch intra-op threads, then restore the previous setting.
+
+    Why: one short query is too small to split across threads; on a busy 2-core machine the thread
+    hand-off made a MiniLM query embedding ~10x slower (p50 244 ms vs 27 ms, bench/results/retrieval.json).
+    The setting is process-wide, so other torch work in the same process runs with it for that moment.
+    ``None`` leaves torch alone.
+    """
+    if count is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -65,7 +65,7 @@ from retrieval.chunking import (
     knowledge_chunks,
 )
 from retrieval.client import ClientError, collection_names, is_url, open_client
-from retrieval.embeddings import embeddings_name, load_embeddings
+from retrieval.embeddings import embeddings_name, load_embeddings, torch_threads
 
 DEFAULT_COLLECTION = "ecg-knowledge"
 MANIFEST_FILE = "manifest.json"
@@ -77,6 +77,7 @@ MAX_K = 200
 ADD_BATCH = 64
 DENSE_CANDIDATES = 50
 LEXICAL_WEIGHT = 1.0
+QUERY_TORCH_THREADS = 1  # single-query embedding runs single-threaded (see embeddings.torch_threads)
 PROBE_TEXT = "probe: sinus rhythm with complete right bundle branch block"
 PROBE_MIN_COSINE = 0.98
 FILTER_KEYS = ("entry", "name", "category", "section", "source", "page", "code")
@@ -206,7 +207,7 @@ def _locate(
     if is_url(store):
         return _Location(open_client(str(store)), collection, f"{store} collection {collection!r}")
     root = Path(store).expanduser()
-    if not create and not root.is_dir():
+    if not create and not (root / CHROMA_SUBDIR).is_dir():
         raise StoreError(f"no knowledge store at {str(root)!r}; build it with "
                          f"`python -m retrieval build --store {root}`")
     root.mkdir(parents=True, exist_ok=True)
@@ -362,6 +363,7 @@ class KnowledgeStore:
         self.build_report: BuildReport | None = None
         self._lexical: _LexicalIndex | None = None
         self.lexical_weight = LEXICAL_WEIGHT  # 0 -> dense-only ranking (for ablations)
+        self.query_threads: int | None = QUERY_TORCH_THREADS  # None -> leave torch's thread count alone
         self.vectorstore = Chroma(
             collection_name=location.collection, embedding_function=embeddings, client=location.client,
             collection_configuration={"hnsw": {"space": "cosine"}},
@@ -411,6 +413,11 @@ class KnowledgeStore:
         old = location.read_manifest()
         report = BuildReport(sources=len({c.metadata["source"] for c in chunks}))
         if old is None and location.has_collection():
+            if location.manifest_path is None and location.client.get_collection(
+                    collection, embedding_function=None).count() > 0:
+                # on a shared server an unmanifested collection may be someone else's data: never drop it
+                raise StoreError(f"{location.label} exists on the server but was not built by this package "
+                                 "(no manifest); pass another collection name or delete it yourself")
             report.rebuilt, report.reason = True, "no manifest (interrupted or foreign build)"
         elif old is not None and not old.get("complete"):
             report.rebuilt, report.reason = True, "previous build did not complete"
@@ -503,7 +510,9 @@ class KnowledgeStore:
         """
         query = validate_query(query)
         chroma_where = self._check_search_args(k, where, max_per_entry)
-        return self._rank(query, self.embeddings.embed_query(query), k, chroma_where, max_per_entry)
+        with torch_threads(self.query_threads):
+            vector = self.embeddings.embed_query(query)
+        return self._rank(query, vector, k, chroma_where, max_per_entry)
 
     def search_many(
         self, queries: Sequence[str], k: int = 5, where: Mapping[str, Any] | None = None,

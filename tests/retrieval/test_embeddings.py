@@ -34,3 +34,16 @@ def test_missing_model_directory_is_a_clear_error(tmp_path):
 def test_directory_without_a_model_is_rejected(tmp_path):
     with pytest.raises(EmbeddingModelError, match="not a sentence-transformers model"):
         load_embeddings(tmp_path)
+
+
+def test_torch_threads_is_scoped():
+    import torch
+
+    from retrieval.embeddings import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

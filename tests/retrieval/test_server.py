@@ -12,7 +12,14 @@ import httpx
 import numpy as np
 import pytest
 
-from retrieval import ClientError, KnowledgeStore, StoreIncompleteError, VectorCollection, open_client
+from retrieval import (
+    ClientError,
+    KnowledgeStore,
+    StoreError,
+    StoreIncompleteError,
+    VectorCollection,
+    open_client,
+)
 
 pytestmark = pytest.mark.server
 
@@ -71,9 +78,14 @@ def test_knowledge_store_over_http(chroma_url, tmp_path, minilm):
     assert (again.build_report.added, again.build_report.unchanged) == (0, 1)
 
     client = open_client(chroma_url)
-    client.get_or_create_collection("foreign", embedding_function=None)
+    foreign = client.get_or_create_collection("foreign", embedding_function=None)
+    foreign.add(ids=["x"], embeddings=[[1.0, 0.0]], documents=["someone else's data"])
     with pytest.raises(StoreIncompleteError, match="has no manifest"):
         KnowledgeStore.open(client, embeddings=minilm, collection="foreign")
+    with pytest.raises(StoreError, match="not built by this package"):
+        KnowledgeStore.build(client=client, docs=[doc], embeddings=minilm, include_knowledge=False,
+                             progress=False, collection="foreign")
+    assert foreign.count() == 1  # untouched
 
 
 def test_vector_collection_over_http(chroma_url):
