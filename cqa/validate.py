@@ -256,7 +256,10 @@ def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (),
                                                                         source_text))
         if unsupported_numbers:
             reasons.append(f"numbers not in the passages: {', '.join(unsupported_numbers)}")
-    if not mentions_finding(cleaned, entry_id, vocab):
+    mentions = vocab.mentions(cleaned)
+    if any(entry_id in m.entry_ids and m.qualifier == "negated" for m in mentions):
+        reasons.append(f"negates the finding {entry_id!r} it describes")
+    if not mentions_finding(cleaned, entry_id, vocab, mentions):
         reasons.append(f"does not mention the finding {entry_id!r}")
     allowed = _allowed([entry_id], passages, vocab)
     absent = sorted({i for ids in asserted_findings(cleaned, vocab) if not allowed.intersection(ids) for i in ids})

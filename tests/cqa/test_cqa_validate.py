@@ -60,6 +60,7 @@ def test_context_passages_allow_their_findings() -> None:
     ("The QRS complex is wide and the T wave is tall in all leads.", "does not mention"),
     ("Complete RBBB has a wide QRS with atrial fibrillation.", "asserts findings absent"),
     ("Complete RBBB.", "too short"),
+    ("The QRS is narrow here, so there is no complete RBBB at all.", "negates the finding"),
     ("Complete right bundle branch block. Complete right bundle branch block.", "repeated sentence"),
     ("Complete RBBB has a wide QRS " + "and a long complex " * 30 + "in V1.", "too long"),
     ("Complete RBBB has a wide QRS complex lasting at least one hundred and twenty", "unfinished"),
