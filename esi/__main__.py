@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, add, run in SUBCOMMANDS:
         sub = add(subparsers)
         sub.set_defaults(_run=run, _name=name)
+    from esi import cli_inference, pipeline
+    from esi.api import cli as api_cli
+
+    cli_inference.register(subparsers)  # zeroshot, index-ecgs, search, retrieve, caption, eval
+    api_cli.register(subparsers)  # serve
+    pipeline.add_parser(subparsers).set_defaults(_run=pipeline.run, _name="run")
     return parser
 
 
