@@ -3,8 +3,9 @@
 Handles every label vocabulary our readers emit:
 
 - ``scp`` (PTB-XL): SCP codes via the entries' ``scp_codes``; the likelihood is kept as
-  ``confidence``. Likelihood 0 means "present, likelihood unknown" in PTB-XL and below
+  ``confidence``. For diagnostic statements likelihood 0 means "present, likelihood unknown" and below
   ``present_threshold`` (default 50) the statement is hedged, so both become ``possible``, never dropped.
+  Rhythm and form statements are never graded in PTB-XL (always 0), so they are ``present``.
 - ``snomed`` (CinC 2020/2021, Chapman, Ningbo, Georgia): SNOMED CT codes via ``snomed_codes``, then
   the dx-mapping name/abbreviation from ``label_info`` as a plain name.
 - ``mimic_statement`` (MIMIC-IV-ECG machine statements): free text. Lines matching
@@ -162,6 +163,10 @@ class Normalizer:
     def _coded(self, label: str, confidence: float | None, info: Mapping[str, Any],
                kind: str) -> tuple[list[tuple[str, str]], str | None]:
         certainty = self._certainty(confidence)
+        if kind == "SCP statement" and info.get("known") and not info.get("diagnostic"):
+            # PTB-XL grades likelihood for diagnostic statements only; pure rhythm and form
+            # statements always carry 0 ("not graded"), so they are stated findings, not hedged ones.
+            certainty = "present"
         ids = self.codes.get(label.strip())
         if ids:
             return [(i, certainty) for i in ids], None
