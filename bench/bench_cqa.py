@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import machine_info  # bench/machine.py: the script's own folder is on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -32,23 +34,6 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 
-
-def machine_info() -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_avg_at_start": list(os.getloadavg())}
 
 
 def ptbxl_readers(data: Path) -> list[Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,24 +34,13 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import machine_info  # bench/machine.py: the script's own folder is on sys.path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results" / "inference.json"
 SHARED_PTBXL = Path(os.environ.get("ESI_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "ptbxl-mini"
 
-
-def machine_info() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
 def throughput(inference, classifier, signals: np.ndarray, batch_size: int, repeats: int) -> tuple[float, float]:

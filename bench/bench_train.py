@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info  # bench/machine.py: the script's own folder is on sys.path
 
 CAPTIONS = [
     "ECG of a 63-year-old male. Findings: sinus rhythm; left anterior fascicular block; non-specific ST changes.",
@@ -34,19 +34,6 @@ CAPTIONS = [
 
 DEFAULT_THREADS = torch.get_num_threads()
 
-
-def machine_info() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg()[0]}
 
 
 def measure(preset: str, batch_size: int, steps: int, warmup: int) -> dict[str, object]:
