@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {}
     for preset, r in results.items():
         note = (f"batch {r['batch_size']}, {r['input']}, {r['trainable_params'] / 1e6:.1f}M trainable, "
-                f"{r['torch_threads']} thread(s), load average {machine['load_average_at_start']:.1f}")
+                f"{r['torch_threads']} thread(s), load average {machine['load_avg_at_start'][0]:.1f}")
         note += f"; {r['note']}" if r["note"] else ""
         metrics[f"train_{preset}_samples_per_s"] = {"value": round(r["samples_per_s"], 2), "unit": "samples/s",
                                                     "note": note}
