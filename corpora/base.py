@@ -32,6 +32,25 @@ def canonical_lead_name(name: str) -> str | None:
 _SEX_WORDS = {"m": "male", "male": "male", "f": "female", "female": "female"}
 
 
+def comment_fields(comments: list[str]) -> dict[str, str]:
+    """'Age: 74' style WFDB header comment lines -> {'age': '74'} (keys lower-cased, first wins)."""
+    values: dict[str, str] = {}
+    for comment in comments:
+        key, sep, value = comment.partition(":")
+        if sep:
+            values.setdefault(key.strip().lower(), value.strip())
+    return values
+
+
+def normalise_id(value: str) -> str:
+    """Numeric ids as CSVs write them: '40689238' and '40689238.0' name the same record or subject."""
+    text = value.strip()
+    try:
+        return str(int(float(text)))
+    except ValueError:
+        return text
+
+
 def parse_sex(value: Any) -> str | None:
     """Normalise a sex field in any case ("M", "Male", "female") to "male"/"female"/None."""
     if value is None or not isinstance(value, str):
@@ -362,8 +381,12 @@ class DatasetReader(ABC):
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.name}: dataset root {self.root} is not a directory")
 
-    def _arrange(self, record_id: str, signal: np.ndarray, lead_names: list[str]) -> tuple[np.ndarray, list[str]]:
-        return arrange_leads(record_id, signal, lead_names, allow_missing_leads=self.allow_missing_leads)
+    def _attach_signal(self, record: ECGRecord, signal: np.ndarray, lead_names: list[str]) -> None:
+        """Put ``signal`` on ``record`` in the standard lead order, noting any zero-filled leads."""
+        record.signal, record.missing_leads = arrange_leads(
+            record.record_id, signal, lead_names, allow_missing_leads=self.allow_missing_leads)
+        if record.missing_leads:
+            record.extra["zero_filled_leads"] = list(record.missing_leads)
 
     @abstractmethod
     def record_ids(self) -> list[str]:

@@ -28,6 +28,7 @@ from .base import (
     ECGRecord,
     RecordError,
     WfdbHeader,
+    comment_fields,
     load_matlab,
     mv_factors,
     parse_age,
@@ -66,16 +67,6 @@ def load_dx_mapping(paths: list[Path]) -> dict[str, dict[str, Any]]:
                     "scored": scored,
                 })
     return mapping
-
-
-def _comment_fields(comments: list[str]) -> dict[str, str]:
-    """'Age: 74' style comment lines -> {'age': '74'} (keys lower-cased)."""
-    values: dict[str, str] = {}
-    for comment in comments:
-        key, sep, value = comment.partition(":")
-        if sep:
-            values.setdefault(key.strip().lower(), value.strip())
-    return values
 
 
 class CincReader(DatasetReader):
@@ -168,7 +159,7 @@ class CincReader(DatasetReader):
         return self._metadata(record_id, path, header)
 
     def _metadata(self, record_id: str, path: Path, header: WfdbHeader) -> ECGRecord:
-        info = _comment_fields(header.comments)
+        info = comment_fields(header.comments)
         labels: dict[str, float] = {}
         for code in (info.get("dx") or "").split(","):
             if code.strip():
@@ -234,9 +225,7 @@ class CincReader(DatasetReader):
         baselines = np.asarray(header.baselines, dtype=np.float64)[:, None]
         factors = mv_factors(record_id, header.units)[:, None]
         physical = ((digital.astype(np.float64) - baselines) / gains * factors).astype(np.float32)
-        record.signal, record.missing_leads = self._arrange(record_id, physical, header.lead_names)
-        if record.missing_leads:
-            record.extra["zero_filled_leads"] = list(record.missing_leads)
+        self._attach_signal(record, physical, header.lead_names)
         return record
 
     def describe(self) -> dict[str, Any]:

@@ -148,7 +148,5 @@ class CPSC2018Reader(DatasetReader):
                 raise RecordError(record_id, "'ECG.data' is not a 2-D numeric array")
             if data.shape[0] != len(STANDARD_LEADS):
                 raise RecordError(record_id, f"wrong lead count: 'ECG.data' has {data.shape[0]} rows, expected 12")
-            record.signal, record.missing_leads = self._arrange(record_id, data, list(STANDARD_LEADS))
-            if record.missing_leads:
-                record.extra["zero_filled_leads"] = list(record.missing_leads)
+            self._attach_signal(record, data, list(STANDARD_LEADS))
         return record

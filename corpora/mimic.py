@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import DatasetReader, ECGRecord, RecordError, parse_age, parse_sex, read_wfdb
+from .base import DatasetReader, ECGRecord, RecordError, normalise_id, parse_age, parse_sex, read_wfdb
 
 REPORT_COLUMNS = tuple(f"report_{i}" for i in range(18))
 
@@ -32,15 +32,6 @@ class _Study:
     subject_id: str
     ecg_time: str
     path: str
-
-
-def _normalise_id(value: str) -> str:
-    """'40689238' and '40689238.0' name the same study."""
-    text = value.strip()
-    try:
-        return str(int(float(text)))
-    except ValueError:
-        return text
 
 
 class MimicReader(DatasetReader):
@@ -93,7 +84,7 @@ class MimicReader(DatasetReader):
         with self._rows(self.record_list_path, ("subject_id", "study_id", "ecg_time", "path")) as (header, rows):
             index = {name: i for i, name in enumerate(header)}
             for line, row in rows:
-                study_id = _normalise_id(row[index["study_id"]]) if len(row) > index["study_id"] else ""
+                study_id = normalise_id(row[index["study_id"]]) if len(row) > index["study_id"] else ""
                 record_id = study_id or f"record_list.csv line {line}"
                 if record_id in studies or record_id in bad:
                     record_id = f"{record_id} (line {line})"
@@ -106,7 +97,7 @@ class MimicReader(DatasetReader):
                     bad[record_id] = f"record_list.csv line {line} lacks study_id or path"
                 else:
                     studies[record_id] = _Study(
-                        subject_id=_normalise_id(row[index["subject_id"]]),
+                        subject_id=normalise_id(row[index["subject_id"]]),
                         ecg_time=row[index["ecg_time"]].strip(),
                         path=row[index["path"]].strip(),
                     )
@@ -124,13 +115,13 @@ class MimicReader(DatasetReader):
             for line, row in rows:
                 if len(row) != len(header):
                     if len(row) > index["study_id"]:
-                        bad[_normalise_id(row[index["study_id"]])] = (
+                        bad[normalise_id(row[index["study_id"]])] = (
                             f"malformed machine_measurements.csv row at line {line}: "
                             f"{len(row)} fields, expected {len(header)}"
                         )
                     continue
                 lines = tuple(sys.intern(row[i].strip()) for i in report_indices if row[i].strip())
-                statements[_normalise_id(row[index["study_id"]])] = lines
+                statements[normalise_id(row[index["study_id"]])] = lines
         return statements, bad
 
     @cached_property
@@ -142,7 +133,7 @@ class MimicReader(DatasetReader):
         with self._rows(self.patients_path, required) as (header, rows):
             index = {name: i for i, name in enumerate(header)}
             return {
-                _normalise_id(row[index["subject_id"]]): (
+                normalise_id(row[index["subject_id"]]): (
                     row[index["gender"]], row[index["anchor_age"]], row[index["anchor_year"]]
                 )
                 for _, row in rows
@@ -202,9 +193,7 @@ class MimicReader(DatasetReader):
         if not path.with_suffix(".hea").is_file():
             raise RecordError(record_id, f"header file missing: {record.extra['path']}.hea")
         wave = read_wfdb(record_id, path)
-        record.signal, record.missing_leads = self._arrange(record_id, wave.signal, wave.lead_names)
-        if record.missing_leads:
-            record.extra["zero_filled_leads"] = list(record.missing_leads)
+        self._attach_signal(record, wave.signal, wave.lead_names)
         record.sampling_rate = wave.sampling_rate
         return record
 

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import DatasetReader, ECGRecord, RecordError, read_wfdb
+from .base import DatasetReader, ECGRecord, RecordError, normalise_id, read_wfdb
 
 _SEX = {"0": "male", "1": "female"}
 _RATE_COLUMN = {100: "filename_lr", 500: "filename_hr"}
@@ -209,10 +209,7 @@ class PTBXLReader(DatasetReader):
         except ValueError as err:
             raise RecordError(record_id, f"strat_fold {fold_text!r} is not an integer") from err
         patient = row["patient_id"].strip()
-        try:
-            subject_id = str(int(float(patient))) if patient else None
-        except ValueError:
-            subject_id = patient
+        subject_id = normalise_id(patient) if patient else None
         report = row["report"].strip() or None
         return ECGRecord(
             record_id=record_id,
@@ -243,9 +240,7 @@ class PTBXLReader(DatasetReader):
         wave = read_wfdb(record_id, path)
         if wave.sampling_rate != self.rate:
             raise RecordError(record_id, f"header says {wave.sampling_rate:g} Hz, expected {self.rate} Hz")
-        record.signal, record.missing_leads = self._arrange(record_id, wave.signal, wave.lead_names)
-        if record.missing_leads:
-            record.extra["zero_filled_leads"] = list(record.missing_leads)
+        self._attach_signal(record, wave.signal, wave.lead_names)
         record.sampling_rate = wave.sampling_rate
         return record
 

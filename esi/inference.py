@@ -77,38 +77,20 @@ def load_record(path: str | Path) -> ECGRecord:
         raise InputError(f"{record_id}: cannot read header: {err}") from err
     try:
         if files and all(name.lower().endswith(".mat") for name in files):
-            return _single_cinc_reader(base).read(record_id)
+            from corpora.cinc import CincReader
+
+            return CincReader.for_record(base.with_suffix(".hea")).read(record_id)
         return _read_plain_wfdb(record_id, base)
     except RecordError as err:
         raise InputError(str(err)) from err
 
 
-def _single_cinc_reader(base: Path):
-    """A CincReader over one record; the Challenge's dx_mapping CSVs are used when next to it."""
-    from corpora.cinc import DX_MAPPING_FILES, CincReader
-
-    mapping = [base.parent / name for name in DX_MAPPING_FILES]
-    if all(p.is_file() for p in mapping):
-        reader = CincReader(base.parent)
-    else:
-        # Work-around: CincReader insists on the mapping CSVs only to name codes; labels do not need them.
-        reader = CincReader.__new__(CincReader)
-        reader.root, reader.allow_missing_leads = base.parent, False
-        reader.dx_mapping_paths, reader.snomed = [], {}
-    reader.__dict__["_headers"] = {base.name: base.with_suffix(".hea")}  # do not scan the whole folder
-    return reader
-
-
 def _read_plain_wfdb(record_id: str, base: Path) -> ECGRecord:
-    from corpora.base import arrange_leads, parse_age, parse_sex, read_wfdb
+    from corpora.base import arrange_leads, comment_fields, parse_age, parse_sex, read_wfdb
 
     wave = read_wfdb(record_id, base)
     signal, missing = arrange_leads(record_id, wave.signal, wave.lead_names)
-    fields: dict[str, str] = {}
-    for comment in wave.comments:
-        key, sep, value = comment.partition(":")
-        if sep:
-            fields.setdefault(key.strip().lower(), value.strip())
+    fields = comment_fields(wave.comments)
     labels = {c.strip(): 100.0 for c in fields.get("dx", "").split(",") if c.strip()}
     return ECGRecord(
         record_id=record_id, dataset="file", signal=signal, sampling_rate=wave.sampling_rate,

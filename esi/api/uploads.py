@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from corpora.base import STANDARD_LEADS, canonical_lead_name
+from corpora.base import STANDARD_LEADS, canonical_lead_name, comment_fields
 
 MIN_SAMPLING_RATE = 50.0
 MAX_SAMPLING_RATE = 10_000.0
@@ -227,11 +227,7 @@ class _Header:
     signal_tokens: list[list[str]]
 
     def comment_value(self, key: str) -> str | None:
-        for line in self.comments:
-            k, sep, value = line.partition(":")
-            if sep and k.strip().lower() == key.lower():
-                return value.strip()
-        return None
+        return comment_fields(self.comments).get(key.lower())
 
 
 _GAIN = re.compile(r"^(?P<gain>[-+0-9.eE]+)(\((?P<baseline>[-+0-9]+)\))?(/(?P<units>.*))?$")
