@@ -43,6 +43,16 @@ def esi_test_model() -> dict:
     return copy.deepcopy(ESI_TEST_MODEL)
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smallest registered config ("nano"), random init, saved once per test session."""
+    from esi.inference import save_random_model
+
+    directory = tmp_path_factory.getbasetemp() / "esi-nano-random"
+    save_random_model(directory, "nano")
+    return directory
+
+
 @pytest.fixture(autouse=True)
 def _esi_single_thread():
     """Tiny test models run 10-50x slower with 2 intra-op threads on a loaded 2-core box; use one."""

@@ -13,15 +13,6 @@ import pytest
 
 from esi.cli_inference import main
 from esi.evaluate import EvalOptions, run_evaluation
-from esi.inference import save_random_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.getbasetemp() / "esi-nano-random"
-    if not (directory / "config.json").is_file():
-        save_random_model(directory, "nano")
-    return directory
 
 
 @pytest.mark.slow

@@ -18,17 +18,7 @@ from esi.inference import (
     ResampledWarning,
     fit_to_model,
     load_record,
-    save_random_model,
 )
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smallest registered config ("nano"), random init, saved once per test session."""
-    directory = tmp_path_factory.getbasetemp() / "esi-nano-random"
-    if not (directory / "config.json").is_file():
-        save_random_model(directory, "nano")
-    return directory
 
 
 def _write_wfdb(folder: Path, name: str, fs: int, leads: tuple[str, ...], seconds: float = 10.0) -> Path:

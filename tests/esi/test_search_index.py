@@ -15,16 +15,8 @@ import pytest
 
 from corpora.ptbxl import PTBXLReader
 from esi.cli_inference import main
-from esi.inference import ESIInference, save_random_model
+from esi.inference import ESIInference
 from esi.search import ECGIndex, SearchError, TextIndex, ephemeral_client, knowledge_texts, open_collection
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.getbasetemp() / "esi-nano-random"
-    if not (directory / "config.json").is_file():
-        save_random_model(directory, "nano")
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,8 @@ import numpy as np
 import pytest
 
 from esi.cli_inference import main
-from esi.inference import save_random_model
 from esi.labelsets import load_labelset
 from esi.zeroshot import ZeroShotClassifier, load_templates
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smallest registered config ("nano"), random init, saved once per test session."""
-    directory = tmp_path_factory.getbasetemp() / "esi-nano-random"
-    if not (directory / "config.json").is_file():
-        save_random_model(directory, "nano")
-    return directory
 
 
 def test_classifier_scores_are_cosine_similarities(model_dir: Path) -> None:
