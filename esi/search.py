@@ -54,7 +54,7 @@ def open_collection(
     if model_dir is not None:
         metadata["esi_model"] = str(Path(model_dir).resolve())
     collection = VectorCollection(location, name, create=create, metadata=metadata)
-    stored = collection._collection.metadata or {}
+    stored = collection.metadata
     if stored.get("esi_kind") not in (None, kind):
         raise SearchError(f"collection {name!r} holds {stored['esi_kind']!r} items, not {kind!r}")
     dim = collection.dimension or stored.get("esi_embed_dim")

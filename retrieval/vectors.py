@@ -71,6 +71,11 @@ class VectorCollection:
         return None
 
     @property
+    def metadata(self) -> dict[str, Any]:
+        """The collection-level metadata stored in Chroma (e.g. what a caller recorded at creation)."""
+        return dict(self._collection.metadata or {})
+
+    @property
     def dimension(self) -> int | None:
         """The embedding width of the stored vectors (None while empty and unset)."""
         dim = getattr(self._collection, "dimension", None)
