@@ -113,14 +113,16 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     threshold_folds = parse_folds(args.threshold_folds)
     key = (inference.sampling_rate, inference.n_samples)
     progress = not args.quiet and not args.json
-    parts = [load_eval_data(reader, *key, folds=test_folds, limit_per_fold_set=args.limit, progress=progress)]
+    parts = [load_eval_data(reader, *key, folds=test_folds, limit_per_fold_set=args.limit, progress=progress,
+                            preprocess=inference.preprocess)]
     if test_folds is not None:
         if threshold_folds is None:
             present = {r.fold for r in _metadata(reader)} - {None} - set(test_folds)
             threshold_folds = sorted(present) or None
         if threshold_folds:
             parts.append(load_eval_data(reader, *key, folds=[f for f in threshold_folds if f not in test_folds],
-                                        limit_per_fold_set=args.limit, progress=progress))
+                                        limit_per_fold_set=args.limit, progress=progress,
+                                        preprocess=inference.preprocess))
     data = merge_eval_data(parts)
     result = zeroshot_evaluation(inference, data, labelset, test_folds=test_folds, threshold_folds=threshold_folds,
                                  templates=args.templates, use_knowledge=args.knowledge)
@@ -349,6 +351,10 @@ def _add_eval(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--templates", default="ecg")
     p.add_argument("--knowledge", action="store_true", help="zero-shot prompts with knowledge descriptions")
     p.add_argument("--limit", type=int, help="at most N records per fold (quick checks only)")
+    p.add_argument("--ptbxl-rate", type=int, choices=(100, 500),
+                   help="read PTB-XL's records100 or records500 for every model (each resampled to its own "
+                   "input rate), so models of different rates are scored on the same records; default: the "
+                   "files nearest each model's rate")
     p.add_argument("--force", action="store_true", help="recompute results already saved under OUT/partial")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -378,7 +384,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         cinc_root=Path(args.cinc_root) if args.cinc_root else None,
         captions=Path(args.captions) if args.captions else None, finetune_epochs=args.epochs,
         templates=args.templates, knowledge=args.knowledge, limit=args.limit, force=args.force,
-        progress=not args.quiet,
+        progress=not args.quiet, ptbxl_rate=args.ptbxl_rate,
     )
     if not options.train_folds or not options.test_folds:
         raise ValueError("--train-folds and --test-folds must name at least one fold each")

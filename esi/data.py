@@ -19,12 +19,14 @@ Captions are held in memory (text only, ~1 KB each: under 1 GB even for 800k rec
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -86,6 +88,29 @@ def parquet_files(path: str | Path) -> list[Path]:
             return files
         raise DataError(f"{path}: directory holds no .parquet files")
     raise DataError(f"{path}: no such file or directory")
+
+
+def export_preprocess(path: str | Path) -> dict[str, Any] | None:
+    """The ``Preprocess`` parameters a signal export was made with (``corpora export`` writes them to
+    ``export_config.json`` beside its shards), so a trained model can re-apply them to raw records.
+
+    None when no export config is found (a hand-made Parquet file); several exports with different
+    preprocessing in one data directory are an error, since no single transform would match them.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for folder in sorted({file.parent for file in parquet_files(path)}):
+        config_file = folder / "export_config.json"
+        if config_file.is_file():
+            try:
+                params = json.loads(config_file.read_text(encoding="utf-8"))["preprocess"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise DataError(f"{config_file}: unreadable export config ({err})") from err
+            found[str(folder)] = params
+    distinct = {json.dumps(p, sort_keys=True) for p in found.values()}
+    if len(distinct) > 1:
+        raise DataError(f"{path}: exports with different preprocessing in one data set ({', '.join(found)}); "
+                        "train on one export, or re-export them with the same options")
+    return next(iter(found.values())) if found else None
 
 
 def _require_columns(file: Path, schema: pa.Schema, columns: Sequence[str]) -> None:

@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -221,7 +221,7 @@ def parse_folds(text: str | None) -> list[int] | None:
 
 def load_eval_data(
     reader: DatasetReader, sampling_rate: float, n_samples: int, *, folds: Sequence[int] | None = None,
-    limit_per_fold_set: int | None = None, progress: bool = True,
+    limit_per_fold_set: int | None = None, progress: bool = True, preprocess: Mapping[str, Any] | None = None,
 ) -> EvalData:
     """Read the records of ``folds`` (all when None), fit them to the model input, keep metadata.
 
@@ -250,7 +250,7 @@ def load_eval_data(
         for record_id in tqdm(ids, disable=not progress, desc=f"reading {reader.name}", unit="ecg"):
             try:
                 record = reader.read(record_id)
-                prepared = fit_to_model(record, sampling_rate, n_samples, warn=False)
+                prepared = fit_to_model(record, sampling_rate, n_samples, warn=False, preprocess=preprocess)
             except (RecordError, InputError) as err:
                 reason = str(err).removeprefix(f"{record_id}: ")
                 data.skipped.append(Skip(record_id, reason))
@@ -461,6 +461,7 @@ class EvalOptions:
     templates: str = "ecg"
     knowledge: bool = False
     limit: int | None = None
+    ptbxl_rate: int | None = None  # records100/records500 for every model; None: nearest each model's rate
     force: bool = False
     progress: bool = True
 
@@ -498,30 +499,36 @@ def run_evaluation(models: Sequence[tuple[str, str | Path]], options: EvalOption
         "what": list(options.what), "cinc_root": str(options.cinc_root) if options.cinc_root else None,
         "captions": str(options.captions) if options.captions else "grounded CQA captions (cqa.caption, no LLM)",
         "templates": options.templates, "knowledge": options.knowledge, "limit": options.limit,
+        "ptbxl_rate": options.ptbxl_rate,
     }}
-    data_cache: dict[tuple[str, float, int], EvalData] = {}
+    data_cache: dict[tuple, EvalData] = {}
     text_cache: dict[str, list[str | None]] = {}
     for name, model_dir in models:
         inference = ESIInference(model_dir)
         key = (inference.sampling_rate, inference.n_samples)
+        # models that share an input (rate, length, preprocessing) share the loaded records
+        input_key = (*key, json.dumps(inference.preprocess, sort_keys=True))
         model_results: dict[str, Any] = {"model_dir": str(model_dir)}
         results["models"][name] = model_results
 
-        def ptbxl(key=key, inference=inference) -> EvalData:
-            cache_key = ("ptbxl", *key)
+        def ptbxl(key=key, input_key=input_key, inference=inference) -> EvalData:
+            rate = options.ptbxl_rate or (100 if inference.sampling_rate <= 100 else 500)
+            cache_key = ("ptbxl", *input_key, rate)
             if cache_key not in data_cache:
-                reader = PTBXLReader(options.root, rate=100 if inference.sampling_rate <= 100 else 500)
-                parts = [load_eval_data(reader, *key, folds=[f], limit_per_fold_set=options.limit,
-                                        progress=options.progress) for f in all_folds] if options.limit else [
-                    load_eval_data(reader, *key, folds=all_folds, progress=options.progress)]
+                reader = PTBXLReader(options.root, rate=rate)
+                common = {"progress": options.progress, "preprocess": inference.preprocess}
+                parts = [load_eval_data(reader, *key, folds=[f], limit_per_fold_set=options.limit, **common)
+                         for f in all_folds] if options.limit else [
+                    load_eval_data(reader, *key, folds=all_folds, **common)]
                 data_cache[cache_key] = merge_eval_data(parts)
             return data_cache[cache_key]
 
-        def cinc(key=key) -> EvalData:
-            cache_key = ("cinc", *key)
+        def cinc(key=key, input_key=input_key, inference=inference) -> EvalData:
+            cache_key = ("cinc", *input_key)
             if cache_key not in data_cache:
                 data_cache[cache_key] = load_eval_data(CincReader(options.cinc_root), *key,
-                                                       limit_per_fold_set=options.limit, progress=options.progress)
+                                                       limit_per_fold_set=options.limit, progress=options.progress,
+                                                       preprocess=inference.preprocess)
             return data_cache[cache_key]
 
         for task, variant in runs:

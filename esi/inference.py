@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,13 @@ def _read_plain_wfdb(record_id: str, base: Path) -> ECGRecord:
 
 # ---- fitting a record to the model input ---------------------------------------------------------
 
-def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, warn: bool = True) -> PreparedECG:
-    """Resample / crop / pad one record to ``(12, n_samples)`` at ``sampling_rate``; notes say what changed."""
+def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, warn: bool = True,
+                 preprocess: Mapping[str, Any] | None = None) -> PreparedECG:
+    """Resample / crop / pad one record to ``(12, n_samples)`` at ``sampling_rate``; notes say what changed.
+
+    ``preprocess`` (the model's ``signal_preprocess``) is the ``corpora`` transform its training signals
+    were exported with; it is applied first, so a raw record reaches the model as training data did.
+    """
     rid = record.record_id
     if record.signal is None:
         raise InputError(f"{rid}: record has no signal (metadata-only row)")
@@ -112,6 +117,16 @@ def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, war
         raise InputError(f"{rid}: signal must be (12, T) in the standard lead order, got shape {signal.shape}")
     if record.missing_leads:
         raise InputError(f"{rid}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
+    if preprocess is not None:
+        from corpora.preprocess import Preprocess
+
+        try:
+            record = Preprocess(**preprocess)(record)
+        except RecordError as err:
+            raise InputError(str(err)) from err
+        if record.missing_leads:  # a lead that was entirely NaN
+            raise InputError(f"{rid}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
+        signal = np.asarray(record.signal, dtype=np.float32)
     if not np.isfinite(signal).all():
         raise InputError(f"{rid}: signal contains NaN or infinite samples")
     notes: list[str] = []
@@ -158,10 +173,11 @@ class ESIInference:
         self.sampling_rate = float(config.sampling_rate)
         self.n_samples = int(config.n_samples)
         self.embed_dim = int(config.embed_dim)
+        self.preprocess = config.signal_preprocess
 
     # inputs
     def prepare(self, record: ECGRecord, *, warn: bool = True) -> PreparedECG:
-        return fit_to_model(record, self.sampling_rate, self.n_samples, warn=warn)
+        return fit_to_model(record, self.sampling_rate, self.n_samples, warn=warn, preprocess=self.preprocess)
 
     def prepare_path(self, path: str | Path) -> PreparedECG:
         return self.prepare(load_record(path))

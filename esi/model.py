@@ -48,8 +48,17 @@ class ESIConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # corpora.preprocess.Preprocess parameters of the training signals (their export's
+    # export_config.json), re-applied to raw records at inference so the model sees the same band.
+    signal_preprocess: dict[str, Any] | None = None
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.signal_preprocess is not None:
+            from corpora.preprocess import Preprocess
+
+            Preprocess(**self.signal_preprocess)  # unknown or invalid parameters fail here, named
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ESIConfig:

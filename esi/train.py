@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from esi.config import ConfigError, deep_merge, from_dict, read_config_file, to_dict
-from esi.data import Batch, InMemoryPairs, StreamingPairs, augment, parquet_files, read_captions
+from esi.data import (
+    Batch,
+    InMemoryPairs,
+    StreamingPairs,
+    augment,
+    export_preprocess,
+    parquet_files,
+    read_captions,
+)
 from esi.factory import get_model_config
 from esi.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from esi.loss import ESILoss
@@ -272,16 +280,29 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 # ---- run config bookkeeping ----------------------------------------------------------------------------------------
-def _resolved(config: TrainConfig, captions: str, data: str) -> dict[str, Any]:
-    return {"train": to_dict(config), "model": config.model_config().to_dict(),
-            "captions": str(captions), "data": str(data)}
+def _resolved(config: TrainConfig, model_config: ESIConfig, captions: str, data: str) -> dict[str, Any]:
+    return {"train": to_dict(config), "model": model_config.to_dict(), "captions": str(captions), "data": str(data)}
+
+
+def model_config_for_data(config: TrainConfig, data_path: str | Path) -> ESIConfig:
+    """The model config, plus the signal preprocessing of the training export (unless the config sets one),
+    saved with the model so that inference feeds it the same band as training did."""
+    model_config = config.model_config()
+    if model_config.signal_preprocess is None:
+        params = export_preprocess(data_path)
+        if params is None:
+            log.warning("%s has no export_config.json: the model will see raw records at inference, "
+                        "with no filter re-applied", data_path)
+        model_config = replace(model_config, signal_preprocess=params)
+    return model_config
 
 
 def _check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
     ignore = {"epochs", "max_steps"}
     diffs = [k for k in set(saved["train"]) | set(current["train"])
              if k not in ignore and saved["train"].get(k) != current["train"].get(k)]
-    if saved["model"] != current["model"]:
+    # runs saved before signal_preprocess existed resume with the value derived from their data now
+    if {"signal_preprocess": current["model"].get("signal_preprocess"), **saved["model"]} != current["model"]:
         diffs.append("model")
     if diffs:
         raise ConfigError(f"--resume with a config that differs from the run's config.yaml in {sorted(diffs)}; "
@@ -324,8 +345,8 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
         torch.set_num_threads(config.num_threads)
     device = pick_device(config, env)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    model_config = config.model_config()
-    resolved = _resolved(config, str(captions_path), str(data_path))
+    model_config = model_config_for_data(config, data_path)
+    resolved = _resolved(config, model_config, str(captions_path), str(data_path))
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume:

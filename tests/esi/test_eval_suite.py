@@ -65,3 +65,20 @@ def test_eval_cli_refuses_bad_options(model_dir: Path, ptbxl_root: Path, tmp_pat
     assert "not an ESI model directory" in capsys.readouterr().err
     assert main(base + ["--model", str(model_dir)]) == 2
     assert "two models named" in capsys.readouterr().err
+
+
+def test_ptbxl_rate_scores_every_model_on_the_500hz_records(model_dir: Path, ptbxl_root: Path,
+                                                           tmp_path: Path) -> None:
+    """--ptbxl-rate 500: a 100 Hz model is scored on exactly the records that have 500 Hz files."""
+    import pandas as pd
+
+    table = pd.read_csv(ptbxl_root / "ptbxl_database.csv")
+    has_500 = table["filename_hr"].fillna("").astype(str).str.len() > 0
+    expected = int((has_500 & (table["strat_fold"] == 9)).sum())
+    assert 0 < expected < int((table["strat_fold"] == 9).sum())  # a strict subset, so the option matters
+    options = EvalOptions(root=ptbxl_root, out=tmp_path / "eval", train_folds=[8], test_folds=[9],
+                          what=("zeroshot",), zeroshot_sets=("superclass",), progress=False, ptbxl_rate=500)
+    result = run_evaluation([("nano", model_dir)], options)["models"]["nano"]["zeroshot"]["superclass"]
+    assert result["n_records"] == expected
+    n_loaded = result["n_records"] + result["n_train_records"]
+    assert result["input_notes"] == {"resampled from 500 Hz to 100 Hz": n_loaded}
