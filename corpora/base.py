@@ -396,6 +396,10 @@ class DatasetReader(ABC):
     def read(self, record_id: str) -> ECGRecord:
         """Read one record with its signal; raise :class:`RecordError` with a reason on bad input."""
 
+    def signal_path(self, record_id: str) -> Path | None:
+        """The record's signal on disk (WFDB base path, no suffix) where the reader knows it, else None."""
+        return None
+
     def read_metadata(self, record_id: str) -> ECGRecord:
         """Read labels and demographics without the signal (cheap; used for captioning)."""
         record = self.read(record_id)

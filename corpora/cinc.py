@@ -130,6 +130,10 @@ class CincReader(DatasetReader):
     def record_ids(self) -> list[str]:
         return list(self._headers)
 
+    def signal_path(self, record_id: str) -> Path | None:
+        header = self._headers.get(record_id)
+        return header.with_suffix("").resolve() if header is not None else None
+
     def _header(self, record_id: str) -> tuple[Path, WfdbHeader]:
         path = self._headers.get(record_id)
         if path is None:

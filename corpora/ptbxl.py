@@ -227,6 +227,10 @@ class PTBXLReader(DatasetReader):
             extra=extra,
         )
 
+    def signal_path(self, record_id: str) -> Path | None:
+        relative = (self._row(record_id).get(_RATE_COLUMN[self.rate]) or "").strip()
+        return (self.signal_root / relative).resolve() if relative else None
+
     def read(self, record_id: str) -> ECGRecord:
         record = self.read_metadata(record_id)
         column = _RATE_COLUMN[self.rate]

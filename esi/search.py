@@ -80,15 +80,11 @@ def record_path(reader: DatasetReader | None, record: ECGRecord) -> str:
     """Where the record's signal lives on disk (for PTB-XL the chosen rate's WFDB path)."""
     if "path" in record.extra:
         return str(record.extra["path"])
-    if reader is None:
-        return ""
-    for column in ("filename_lr", "filename_hr"):
-        if column in record.extra and getattr(reader, "rate", None) == (100 if column == "filename_lr" else 500):
-            return str((Path(getattr(reader, "signal_root", reader.root)) / record.extra[column]).resolve())
-    headers = getattr(reader, "_headers", None)  # CinC reader: record id -> header path
-    if isinstance(headers, Mapping) and record.record_id in headers:
-        return str(Path(headers[record.record_id]).with_suffix("").resolve())
-    return ""
+    try:
+        path = reader.signal_path(record.record_id) if reader is not None else None
+    except RecordError:  # an id the reader does not know: no path to show
+        path = None
+    return str(path) if path is not None else ""
 
 
 def ecg_metadata(record: ECGRecord, path: str = "", notes: Sequence[str] = ()) -> dict[str, Any]:

@@ -147,3 +147,12 @@ def test_for_record_reads_one_record_with_or_without_the_mapping(tmp_path, cinc_
     np.testing.assert_array_equal(alone.signal, record.signal)
     assert alone.labels == record.labels and len(alone.labels) == 2
     assert all(info["known"] is False for info in alone.label_info.values())
+
+
+def test_signal_path_is_the_header_base_of_each_record(cinc, cinc_root) -> None:
+    reader = cinc[0]
+    assert len(reader.record_ids()) == len(list(cinc_root.rglob("*.hea")))
+    for record_id in reader.record_ids():
+        path = reader.signal_path(record_id)
+        assert path is not None and path.with_suffix(".hea").is_file() and path.name == record_id
+    assert reader.signal_path("no-such-record") is None

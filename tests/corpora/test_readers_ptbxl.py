@@ -123,3 +123,16 @@ def test_directory_root_also_serves_metadata_without_touching_signals(ptbxl_root
 def test_bad_rate_is_rejected(ptbxl_root) -> None:
     with pytest.raises(ValueError, match="100 or 500"):
         PTBXLReader(ptbxl_root, rate=250)
+
+
+def test_signal_path_names_the_wfdb_record_of_the_chosen_rate(ptbxl_root, database) -> None:
+    low, high = PTBXLReader(ptbxl_root, rate=100), PTBXLReader(ptbxl_root, rate=500)
+    with_500 = database[database["filename_hr"].fillna("") != ""]
+    rid, row = str(with_500.index[0]), with_500.iloc[0]
+    assert low.signal_path(rid) == (ptbxl_root / row["filename_lr"]).resolve()
+    assert high.signal_path(rid) == (ptbxl_root / row["filename_hr"]).resolve()
+    assert wfdb.rdheader(str(high.signal_path(rid))).fs == 500
+    without_500 = str(database[database["filename_hr"].fillna("") == ""].index[0])
+    assert high.signal_path(without_500) is None
+    with pytest.raises(RecordError, match="no such ecg_id"):
+        low.signal_path("99999999")
