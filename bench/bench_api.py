@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,33 +58,15 @@ def build_fixture(workdir: Path, n_records: int) -> tuple[Path, Path, str, set[s
     return model_dir, store_dir, "ecg", {item_id(reader.name, r) for r in record_ids}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def start_server(model_dir: Path, store_dir: Path, collection: str, port: int, log_path: Path,
                  timeout_s: float) -> subprocess.Popen:
-    import httpx
+    from retrieval.service import start_service
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
     command = [sys.executable, "-m", "esi.api.cli", "serve", "--model", str(model_dir), "--store", str(store_dir),
                "--collection", collection, "--host", HOST, "--port", str(port), "--log-level", "warning"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/api/health", timeout=5).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError(f"server not ready after {timeout_s} s: {log_path.read_text()[-2000:]}")
+    return start_service(command, f"http://{HOST}:{port}/api/health", log_path, timeout_s=timeout_s, env=env,
+                         cwd=REPO_ROOT)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -166,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             valid_ids = None
         else:
             model_dir, store_dir, collection, valid_ids = build_fixture(workdir, args.records)
+        from retrieval.service import free_port, stop_service
+
         port = free_port()
         started = time.perf_counter()
         server = start_server(model_dir, store_dir, collection, port, workdir / "server.log", timeout_s=300)
@@ -175,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_load(f"http://{HOST}:{port}", queries, args.k, args.concurrency, args.max_seconds,
                               valid_ids)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_service(server)
 
     latencies = [t * 1000 for t in result["latencies"]]
     single_latencies = [t * 1000 for t in single["latencies"]]

@@ -7,16 +7,12 @@ root it is a skip with the reason.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -34,51 +30,27 @@ def _require_chromium() -> None:
     pytest.skip(message + " (not root, cannot install it here)")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:  # loopback only
-        return json.loads(response.read())
-
-
 @pytest.fixture(scope="module")
 def server(api_env, tmp_path_factory):
     """`python -m esi.api.cli serve ...` on 127.0.0.1:<free port>; yields the base URL."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    from retrieval.service import ServiceError, free_port, start_service, stop_service
+
+    port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
     command = [sys.executable, "-m", "esi.api.cli", "serve", "--model", str(api_env.model_dir),
                "--store", str(api_env.store_dir), "--collection", "ecg", "--text-collection", "texts",
                "--knowledge-store", str(api_env.knowledge_dir), "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if _get_json(f"{base}/api/health")["status"] == "ok":
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        process = start_service(command, f"{base}/api/health", tmp_path_factory.mktemp("server") / "server.log",
+                                timeout_s=STARTUP_TIMEOUT_S, env=env)
+    except ServiceError as err:
+        pytest.fail(str(err))
+    try:
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_service(process)
 
 
 @pytest.mark.server
@@ -114,7 +86,7 @@ def test_search_page_shows_plots_and_details(server, tmp_path):
             page.wait_for_selector("#detail:not([hidden])")
             page.wait_for_selector("#detail-scores li")
             page.wait_for_function("document.querySelector('#detail-plot').naturalWidth > 0", timeout=60_000)
-            expected = _get_json(f"{server}/api/records/{first_id}")
+            expected = httpx.get(f"{server}/api/records/{first_id}", timeout=30).json()
             assert page.inner_text("#detail-title") == f"ECG {first_id}"
             assert page.inner_text("#detail-caption").strip() == (expected["caption"] or "").strip()
             shown_classes = page.locator("#detail-scores li .cls").all_inner_texts()

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -20,14 +16,9 @@ from retrieval import (
     VectorCollection,
     open_client,
 )
+from retrieval.service import ServiceError, free_port, start_service, stop_service
 
 pytestmark = pytest.mark.server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,31 +26,18 @@ def chroma_url(tmp_path_factory):
     chroma = Path(sys.executable).with_name("chroma")
     if not chroma.exists():
         pytest.fail(f"chroma CLI not found next to {sys.executable}")
-    port = _free_port()
+    port = free_port()
     data = tmp_path_factory.mktemp("chroma-server")
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(data / "db"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chroma server did not start: {(data / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+        process = start_service([str(chroma), "run", "--path", str(data / "db"), "--host", "127.0.0.1",
+                                 "--port", str(port)], f"{url}/api/v2/heartbeat", data / "server.log", timeout_s=60)
+    except ServiceError as err:
+        pytest.fail(f"chroma server did not start: {err}")
+    try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_service(process, timeout_s=15)
 
 
 def test_knowledge_store_over_http(chroma_url, tmp_path, minilm):
@@ -98,4 +76,4 @@ def test_vector_collection_over_http(chroma_url):
 
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(ClientError, match="cannot reach Chroma server at http://127.0.0.1:"):
-        open_client(f"http://127.0.0.1:{_free_port()}")
+        open_client(f"http://127.0.0.1:{free_port()}")
