@@ -189,6 +189,9 @@ class WfdbHeader:
     lead_names: list[str]
     comments: list[str] = field(default_factory=list)
     parser: str = "own"
+    # the header's own tokens, for callers that rewrite it (API uploads swap in safe file names)
+    record_tokens: list[str] = field(default_factory=list)
+    signal_tokens: list[list[str]] = field(default_factory=list)
 
 
 def parse_wfdb_header(text: str, record_id: str) -> WfdbHeader:
@@ -205,7 +208,7 @@ def parse_wfdb_header(text: str, record_id: str) -> WfdbHeader:
         raise RecordError(record_id, "header has no record line")
     fields = body[0].split()
     try:
-        if "/" in fields[0]:
+        if re.search(r"/\d+$", fields[0]):  # "name/n_segments"
             raise ValueError("multi-segment records are not supported")
         n_sig = int(fields[1])
         fs = float(fields[2].split("/")[0].split("(")[0]) if len(fields) > 2 else 250.0
@@ -215,9 +218,10 @@ def parse_wfdb_header(text: str, record_id: str) -> WfdbHeader:
     signal_lines = body[1:]
     if len(signal_lines) != n_sig:
         raise RecordError(record_id, f"header announces {n_sig} signals but has {len(signal_lines)} signal lines")
-    header = WfdbHeader(n_sig, fs, sig_len, [], [], [], [], [], [], comments)
+    header = WfdbHeader(n_sig, fs, sig_len, [], [], [], [], [], [], comments, record_tokens=fields)
     for line in signal_lines:
         parts = line.split()
+        header.signal_tokens.append(parts)
         if len(parts) < 2:
             raise RecordError(record_id, f"bad header signal line {line!r}")
         gain, baseline, units = 200.0, None, "mV"

@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from corpora.base import STANDARD_LEADS, canonical_lead_name, comment_fields
+from corpora.base import (
+    STANDARD_LEADS,
+    RecordError,
+    WfdbHeader,
+    canonical_lead_name,
+    comment_fields,
+    parse_wfdb_header,
+)
 
 MIN_SAMPLING_RATE = 50.0
 MAX_SAMPLING_RATE = 10_000.0
@@ -205,82 +212,19 @@ def parse_npy(name: str, data: bytes, sampling_rate: Any, max_seconds: float) ->
 # WFDB headers (tolerant: CinC/Georgia headers that wfdb.rdheader rejects are accepted)
 
 
-@dataclass
-class _SignalSpec:
-    file_name: str
-    fmt: str
-    gain: float
-    baseline: float
-    units: str
-    lead: str
-
-
-@dataclass
-class _Header:
-    record_name: str
-    n_sig: int
-    fs: float
-    n_samples: int | None
-    signals: list[_SignalSpec]
-    comments: list[str]
-    record_tokens: list[str]
-    signal_tokens: list[list[str]]
-
-    def comment_value(self, key: str) -> str | None:
-        return comment_fields(self.comments).get(key.lower())
-
-
-_GAIN = re.compile(r"^(?P<gain>[-+0-9.eE]+)(\((?P<baseline>[-+0-9]+)\))?(/(?P<units>.*))?$")
-
-
-def _parse_header(name: str, data: bytes) -> _Header:
+def _parse_header(name: str, data: bytes) -> WfdbHeader:
+    """The shared tolerant parser (``corpora.base.parse_wfdb_header``) behind upload-size checks."""
     if len(data) > MAX_HEADER_BYTES:
         raise UploadError(f"{name}: header is {len(data)} bytes; a .hea file is at most {MAX_HEADER_BYTES}")
     if b"\x00" in data:
         raise UploadError(f"{name}: not a WFDB header (binary content)")
-    text = data.decode("utf-8", errors="replace")
-    comments = [line.lstrip("#").strip() for line in text.splitlines() if line.strip().startswith("#")]
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    if not lines:
-        raise UploadError(f"{name}: header is empty")
-    record = lines[0].split()
-    if len(record) < 2:
-        raise UploadError(f"{name}: unparseable header record line {lines[0][:80]!r}")
-    if re.search(r"/\d+$", record[0]):  # "name/n_segments"
-        raise UploadError(f"{name}: multi-segment WFDB records are not supported")
     try:
-        n_sig = int(record[1])
-        fs = float(re.split(r"[/(]", record[2])[0]) if len(record) > 2 else 250.0
-        n_samples = int(record[3]) if len(record) > 3 else None
-    except ValueError:
-        raise UploadError(f"{name}: unparseable header record line {lines[0][:80]!r}") from None
-    if n_sig != len(STANDARD_LEADS):
-        raise UploadError(f"{name}: expected 12 leads, the header declares {n_sig}")
-    if len(lines) - 1 < n_sig:
-        raise UploadError(f"{name}: header declares {n_sig} signals but has {len(lines) - 1} signal lines")
-    signals, tokens = [], []
-    for line in lines[1:1 + n_sig]:
-        parts = line.split()
-        if len(parts) < 2:
-            raise UploadError(f"{name}: unparseable signal line {line[:80]!r}")
-        gain, baseline, units = 200.0, None, "mV"
-        if len(parts) > 2:
-            match = _GAIN.match(parts[2])
-            if not match:
-                raise UploadError(f"{name}: unparseable gain {parts[2]!r} in signal line {line[:80]!r}")
-            gain = float(match["gain"]) or 200.0  # WFDB: gain 0 means the default 200
-            baseline = float(match["baseline"]) if match["baseline"] else None
-            units = match["units"] if match["units"] is not None else "mV"
-        adc_zero = 0.0
-        if len(parts) > 4:
-            try:
-                adc_zero = float(parts[4])
-            except ValueError:
-                raise UploadError(f"{name}: unparseable ADC zero {parts[4]!r}") from None
-        lead = " ".join(parts[8:]) if len(parts) > 8 else ""
-        signals.append(_SignalSpec(parts[0], parts[1], gain, adc_zero if baseline is None else baseline, units, lead))
-        tokens.append(parts)
-    return _Header(record[0], n_sig, fs, n_samples, signals, comments, record, tokens)
+        header = parse_wfdb_header(data.decode("utf-8", errors="replace"), name)
+    except RecordError as err:
+        raise UploadError(f"{name}: {err.reason}") from None
+    if header.n_sig != len(STANDARD_LEADS):
+        raise UploadError(f"{name}: expected 12 leads, the header declares {header.n_sig}")
+    return header
 
 
 def _units_factor(name: str, units: str) -> float:
@@ -290,9 +234,9 @@ def _units_factor(name: str, units: str) -> float:
     return factor
 
 
-def _match_data_files(name: str, header: _Header, data_files: dict[str, bytes]) -> dict[str, str]:
+def _match_data_files(name: str, header: WfdbHeader, data_files: dict[str, bytes]) -> dict[str, str]:
     """Map each file name in the header to an uploaded data file (by sanitised base name)."""
-    referenced = list(dict.fromkeys(spec.file_name for spec in header.signals))
+    referenced = list(dict.fromkeys(header.file_names))
     mapping: dict[str, str] = {}
     for ref in referenced:
         safe = sanitize_name(ref)
@@ -311,7 +255,7 @@ def _match_data_files(name: str, header: _Header, data_files: dict[str, bytes]) 
     return mapping
 
 
-def _read_mat(name: str, header: _Header, files: dict[str, bytes], mapping: dict[str, str]) -> np.ndarray:
+def _read_mat(name: str, header: WfdbHeader, files: dict[str, bytes], mapping: dict[str, str]) -> np.ndarray:
     from scipy.io import loadmat
 
     if len(mapping) != 1:
@@ -329,9 +273,9 @@ def _read_mat(name: str, header: _Header, files: dict[str, bytes], mapping: dict
         values = values.T
     if values.shape[0] != header.n_sig:
         raise UploadError(f"{mat_name}: array has shape {values.shape}; the header declares {header.n_sig} leads")
-    gains = np.array([s.gain for s in header.signals], dtype=np.float64)[:, None]
-    baselines = np.array([s.baseline for s in header.signals], dtype=np.float64)[:, None]
-    factors = np.array([_units_factor(name, s.units) for s in header.signals])[:, None]
+    gains = np.array(header.gains, dtype=np.float64)[:, None]
+    baselines = np.array(header.baselines, dtype=np.float64)[:, None]
+    factors = np.array([_units_factor(name, unit) for unit in header.units])[:, None]
     return ((values.astype(np.float64) - baselines) / gains * factors).astype(np.float32)
 
 
@@ -339,24 +283,24 @@ _BYTES_PER_SAMPLE = {"8": 1.0, "16": 2.0, "61": 2.0, "24": 3.0, "32": 4.0, "80":
                      "310": 4 / 3, "311": 4 / 3}
 
 
-def _check_dat_sizes(name: str, header: _Header, files: dict[str, bytes], mapping: dict[str, str]) -> None:
+def _check_dat_sizes(name: str, header: WfdbHeader, files: dict[str, bytes], mapping: dict[str, str]) -> None:
     """Name a truncated .dat clearly instead of letting wfdb fail with a reshape error."""
-    if not header.n_samples:
+    if not header.sig_len:
         return
     for ref, uploaded in mapping.items():
-        specs = [s for s in header.signals if s.file_name == ref]
-        per_sample = [_BYTES_PER_SAMPLE.get(s.fmt.split("+")[0].split("x")[0].split(":")[0]) for s in specs]
+        fmts = [fmt for file_name, fmt in zip(header.file_names, header.fmts, strict=True) if file_name == ref]
+        per_sample = [_BYTES_PER_SAMPLE.get(fmt.split("+")[0].split("x")[0].split(":")[0]) for fmt in fmts]
         if any(b is None for b in per_sample):
             continue  # an exotic format: let wfdb decide
-        expected = int(math.ceil(header.n_samples * sum(per_sample)))
+        expected = int(math.ceil(header.sig_len * sum(per_sample)))
         if len(files[uploaded]) < expected:
             raise UploadError(
-                f"{name}: {uploaded} has {len(files[uploaded])} bytes but the header's {header.n_samples} samples"
-                f" x {len(specs)} signals need {expected} (truncated or wrong file?)"
+                f"{name}: {uploaded} has {len(files[uploaded])} bytes but the header's {header.sig_len} samples"
+                f" x {len(fmts)} signals need {expected} (truncated or wrong file?)"
             )
 
 
-def _read_dat(name: str, header: _Header, files: dict[str, bytes], mapping: dict[str, str]) -> np.ndarray:
+def _read_dat(name: str, header: WfdbHeader, files: dict[str, bytes], mapping: dict[str, str]) -> np.ndarray:
     """Read with wfdb from a private temp dir holding a rewritten header and fixed file names."""
     import wfdb
 
@@ -394,7 +338,7 @@ def parse_record_files(files: dict[str, bytes], max_seconds: float) -> ParsedECG
         )
     header_name = headers[0]
     header = _parse_header(header_name, safe_files[header_name])
-    name = sanitize_name(header.record_name.removesuffix(".mat"), default=header_name.removesuffix(".hea"))
+    name = sanitize_name(header.record_tokens[0].removesuffix(".mat"), default=header_name.removesuffix(".hea"))
     data_files = {n: d for n, d in safe_files.items() if n.lower().endswith(_DATA_SUFFIXES)}
     if not data_files:
         raise UploadError(f"{header_name}: no .dat or .mat signal file was uploaded with the header")
@@ -406,12 +350,13 @@ def parse_record_files(files: dict[str, bytes], max_seconds: float) -> ParsedECG
         raise UploadError(f"{header_name}: mixing .mat and .dat signal files is not supported")
     else:
         signal = _read_dat(header_name, header, safe_files, mapping)
-    if header.n_samples is not None and 0 < header.n_samples < signal.shape[1]:
-        signal = signal[:, : header.n_samples]
+    if 0 < header.sig_len < signal.shape[1]:
+        signal = signal[:, : header.sig_len]
     rate = _check_sampling_rate(header.fs, header_name)
+    fields = comment_fields(header.comments)
     return _finish(
-        name, signal, [s.lead for s in header.signals], rate, "cinc-mat" if is_mat else "wfdb", max_seconds,
-        header.comment_value("Age"), header.comment_value("Sex"),
+        name, signal, header.lead_names, rate, "cinc-mat" if is_mat else "wfdb", max_seconds,
+        fields.get("age"), fields.get("sex"),
     )
 
 

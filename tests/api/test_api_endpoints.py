@@ -256,6 +256,9 @@ def test_wrong_lead_count_is_422_with_reason(client, ptbxl_root):
     assert response.status_code == 422 and "expected 12 leads, got 8" in response.json()["detail"]
     header = _wfdb_files(ptbxl_root)["00001_lr.hea"].decode().replace("00001_lr 12 ", "00001_lr 3 ", 1)
     response = client.post("/api/classify", files=_multipart({"r.hea": header.encode(), "r.dat": b"\0" * 64}))
+    assert response.status_code == 422 and "announces 3 signals but has 12 signal lines" in response.json()["detail"]
+    three_leads = "\n".join(header.splitlines()[:4]) + "\n"
+    response = client.post("/api/classify", files=_multipart({"r.hea": three_leads.encode(), "r.dat": b"\0" * 64}))
     assert response.status_code == 422 and "expected 12 leads, the header declares 3" in response.json()["detail"]
 
 
@@ -290,7 +293,7 @@ def test_nan_signal_is_422(client):
 def test_unparseable_header_is_422(client, ptbxl_root):
     files = {"r.hea": b"this is not a header\n", "r.dat": _wfdb_files(ptbxl_root)["00001_lr.dat"]}
     response = client.post("/api/classify", files=_multipart(files))
-    assert response.status_code == 422 and "unparseable header" in response.json()["detail"]
+    assert response.status_code == 422 and "bad header record line 'this is not a header'" in response.json()["detail"]
     files = {"r.hea": b"\x00\x01binary", "r.dat": b"1234"}
     response = client.post("/api/classify", files=_multipart(files))
     assert response.status_code == 422 and "not a WFDB header" in response.json()["detail"]
