@@ -98,3 +98,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(esi_pairs, esi_test_model
     weights = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000002" / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_bf16_autocast_path_trains_and_tracks_fp32(esi_pairs, esi_test_model, tmp_path) -> None:
+    """``precision: bf16`` (the esi-paper setting on CUDA) runs the same code under CPU autocast: the
+    first-step loss matches fp32 to bf16 precision and the run finishes with finite losses."""
+    signals, captions = esi_pairs
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = load_train_config(_config_file(tmp_path, esi_test_model, precision=precision, epochs=1,
+                                                augment=False))
+        run = tmp_path / precision
+        pretrain(config, captions, signals, run, progress=False)
+        train = [r for r in describe_run(run) if r["event"] == "train"]
+        assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train)
+        losses[precision] = train[0]["loss"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.03)
+    assert losses["bf16"] != losses["fp32"]  # autocast really ran in bf16
