@@ -300,12 +300,17 @@ def validate_query(query: Any) -> str:
 
 
 class _LexicalIndex:
-    """TF-IDF vectors of every chunk in the store, for the lexical half of the hybrid score."""
+    """TF-IDF vectors of every chunk in the store, for the lexical half of the hybrid score, plus each
+    chunk's text and metadata: chunk ids are content hashes, so a cached id always names the same chunk
+    and a query only needs ids and distances from Chroma."""
 
-    def __init__(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+    def __init__(self, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[Mapping[str, Any] | None] = ()
+                 ) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.rows = {chunk: row for row, chunk in enumerate(ids)}
+        self.texts = list(texts)
+        self.metadatas = [dict(m or {}) for m in metadatas] if metadatas else [{} for _ in ids]
         self.vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, stop_words="english")
         try:
             self.matrix = self.vectorizer.fit_transform(texts) if texts else None
@@ -314,6 +319,10 @@ class _LexicalIndex:
 
     def covers(self, ids: Iterable[str]) -> bool:
         return all(i in self.rows for i in ids)
+
+    def document(self, chunk: str) -> Document:
+        row = self.rows[chunk]
+        return Document(page_content=self.texts[row], metadata=self.metadatas[row], id=chunk)
 
     def scores(self, query: str, ids: Sequence[str]) -> list[float]:
         if self.matrix is None:
@@ -338,19 +347,22 @@ def _passage(doc: Document, score: float, dense: float = 0.0, lexical: float = 0
     )
 
 
-def _all_records(chroma: Chroma, with_documents: bool = False) -> tuple[list[str], list[str]]:
-    """Every id (and document text) in the collection, read in pages."""
+def _all_records(chroma: Chroma, with_documents: bool = False) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Every id (and document text and metadata) in the collection, read in pages."""
     ids: list[str] = []
     texts: list[str] = []
+    metadatas: list[dict[str, Any]] = []
     collection = chroma._collection
     step = 5000
     while True:
-        batch = collection.get(include=["documents"] if with_documents else [], limit=step, offset=len(ids))
+        batch = collection.get(include=["documents", "metadatas"] if with_documents else [], limit=step,
+                               offset=len(ids))
         ids += batch["ids"]
         if with_documents:
             texts += [t or "" for t in batch["documents"]]
+            metadatas += [dict(m or {}) for m in batch["metadatas"]]
         if len(batch["ids"]) < step:
-            return ids, texts
+            return ids, texts, metadatas
 
 
 class KnowledgeStore:
@@ -540,17 +552,18 @@ class KnowledgeStore:
         max_per_entry: int | None,
     ) -> list[Passage]:
         fetch = max(DENSE_CANDIDATES, k * 4 if max_per_entry else k)
-        results = self.vectorstore.similarity_search_by_vector_with_relevance_scores(
-            list(vector), k=fetch, filter=chroma_where)  # (document, cosine distance) pairs
-        if not results:
+        # ids and cosine distances only: texts and metadata come from the content-addressed cache
+        result = self.vectorstore._collection.query(
+            query_embeddings=[list(vector)], n_results=fetch, where=chroma_where, include=["distances"])
+        ids, distances = result["ids"][0], result["distances"][0]
+        if not ids:
             return []
-        ids = [doc.id or "" for doc, _ in results]
         if self._lexical is None or not self._lexical.covers(ids):
             self._lexical = _LexicalIndex(*_all_records(self.vectorstore, with_documents=True))
         lexical = self._lexical.scores(query, ids)
         ranked = sorted(
-            (((1.0 - distance) + self.lexical_weight * lex, 1.0 - distance, lex, doc)
-             for (doc, distance), lex in zip(results, lexical)),
+            (((1.0 - distance) + self.lexical_weight * lex, 1.0 - distance, lex, self._lexical.document(chunk))
+             for chunk, distance, lex in zip(ids, distances, lexical)),
             key=lambda item: -item[0],
         )
         passages: list[Passage] = []
