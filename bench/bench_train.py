@@ -1,4 +1,4 @@
-"""ESI pretraining throughput (samples/s) on this machine for the cpu-default and esi-tiny-paper setups.
+"""ESI pretraining throughput (samples/s) on this machine: cpu-default, it with one shortcut undone, esi-tiny-paper.
 
 Writes ``bench/results/train.json`` (``metrics`` + ``machine``), the format bench/run_all.py gathers.
 
@@ -36,7 +36,20 @@ DEFAULT_THREADS = torch.get_num_threads()
 
 
 
-def measure(preset: str, batch_size: int, steps: int, warmup: int) -> dict[str, object]:
+# The cpu-default with one shortcut undone (the encoder-size and input-rate rows of esi/configs/README.md).
+TINY_ENCODER = {"ecg": {"depths": [3, 3, 9, 3], "dims": [96, 192, 384, 768], "drop_path_rate": 0.1}}
+BASE_ENCODER = {"ecg": {"depths": [3, 3, 27, 3], "dims": [128, 256, 512, 1024], "drop_path_rate": 0.1}}
+RATE_500HZ = {"sampling_rate": 500.0, "n_samples": 5000}
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "cpu-default": ("cpu-default", {}),
+    "cpu-default+tiny-encoder": ("cpu-default", TINY_ENCODER),
+    "cpu-default+base-encoder": ("cpu-default", BASE_ENCODER),
+    "cpu-default+500Hz": ("cpu-default", RATE_500HZ),
+    "esi-tiny-paper": ("esi-tiny-paper", {}),
+}
+
+
+def measure(preset: str, batch_size: int, steps: int, warmup: int, overrides: dict | None = None) -> dict[str, object]:
     from esi.config import deep_merge
     from esi.data import Batch
     from esi.model import ESIConfig, ESIModel
@@ -46,7 +59,7 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int) -> dict[str, 
 
     config = load_train_config(preset, batch_size=batch_size)
     torch.set_num_threads(config.num_threads or DEFAULT_THREADS)  # as `python -m esi pretrain` would
-    raw = config.model_config().to_dict()
+    raw = deep_merge(config.model_config().to_dict(), overrides or {})
     note = ""
     try:
         load_text_backbone(raw["text"]["name_or_path"], weights=False)
@@ -90,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--cpu-batch", type=int, default=32, help="batch for cpu-default (its preset value)")
+    parser.add_argument("--cpu-batch", type=int, default=32, help="batch for cpu-default and its variants (preset value)")
     parser.add_argument("--tiny-batch", type=int, default=4, help="batch for esi-tiny-paper (paper: 48 per GPU)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train.json"))
     args = parser.parse_args(argv)
@@ -98,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     from esi.io import atomic_write_text
 
     machine = machine_info()
-    results = {"cpu-default": measure("cpu-default", args.cpu_batch, args.steps, args.warmup),
-               "esi-tiny-paper": measure("esi-tiny-paper", args.tiny_batch, args.steps, args.warmup)}
+    results = {name: measure(preset, args.tiny_batch if preset == "esi-tiny-paper" else args.cpu_batch, args.steps,
+                             args.warmup, overrides)
+               for name, (preset, overrides) in VARIANTS.items()}
     metrics = {}
     for preset, r in results.items():
         note = (f"batch {r['batch_size']}, {r['input']}, {r['trainable_params'] / 1e6:.1f}M trainable, "
