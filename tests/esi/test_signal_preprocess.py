@@ -103,3 +103,20 @@ def test_training_saves_the_export_preprocessing_with_the_model(bandpassed_expor
     model = ESIModel(small, load_text_weights=False)
     model.save_pretrained(tmp_path / "m")
     assert ESIModel.from_pretrained(tmp_path / "m").config.signal_preprocess == preprocess.params()
+
+
+def test_inference_wrapper_applies_the_model_preprocessing(bandpassed_export) -> None:
+    """ESIInference.prepare (used by zeroshot, search, retrieve, caption and the API) re-applies it."""
+    from esi.factory import create_model
+    from esi.inference import ESIInference
+
+    _, reader, preprocess = bandpassed_export
+    model = create_model("micro", signal_preprocess=preprocess.params(), loss={"caption_weight": 0.0},
+                         decoder={"restrict_vocab": False})
+    inference = ESIInference(model)
+    raw = reader.read(reader.record_ids()[0])
+    expected = fit_to_model(raw, 100.0, 1000, warn=False, preprocess=preprocess.params()).signal
+    np.testing.assert_array_equal(inference.prepare(raw, warn=False).signal, expected)
+    assert not np.allclose(ESIInference(create_model("micro", loss={"caption_weight": 0.0},
+                                                     decoder={"restrict_vocab": False})).prepare(raw, warn=False).signal,
+                           expected, atol=1e-2)
