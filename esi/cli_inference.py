@@ -111,18 +111,17 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     reader = _reader(args, inference.sampling_rate)
     test_folds = parse_folds(args.folds)
     threshold_folds = parse_folds(args.threshold_folds)
-    key = (inference.sampling_rate, inference.n_samples)
     progress = not args.quiet and not args.json
-    parts = [load_eval_data(reader, *key, folds=test_folds, limit_per_fold_set=args.limit, progress=progress,
-                            preprocess=inference.preprocess)]
+    parts = [load_eval_data(reader, inference.input, folds=test_folds, limit_per_fold_set=args.limit,
+                            progress=progress)]
     if test_folds is not None:
         if threshold_folds is None:
             present = {r.fold for r in _metadata(reader)} - {None} - set(test_folds)
             threshold_folds = sorted(present) or None
         if threshold_folds:
-            parts.append(load_eval_data(reader, *key, folds=[f for f in threshold_folds if f not in test_folds],
-                                        limit_per_fold_set=args.limit, progress=progress,
-                                        preprocess=inference.preprocess))
+            parts.append(load_eval_data(reader, inference.input,
+                                        folds=[f for f in threshold_folds if f not in test_folds],
+                                        limit_per_fold_set=args.limit, progress=progress))
     data = merge_eval_data(parts)
     result = zeroshot_evaluation(inference, data, labelset, test_folds=test_folds, threshold_folds=threshold_folds,
                                  templates=args.templates, use_knowledge=args.knowledge)

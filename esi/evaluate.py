@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from corpora.base import DatasetReader, ECGRecord, RecordError, Skip
-from esi.inference import ESIInference, InputError, ResampledWarning, fit_to_model
+from esi.inference import ESIInference, InputError, ModelInput, ResampledWarning
 from esi.labelsets import LabelSet, load_labelset
 from esi.zeroshot import ZeroShotClassifier
 
@@ -220,8 +220,8 @@ def parse_folds(text: str | None) -> list[int] | None:
 
 
 def load_eval_data(
-    reader: DatasetReader, sampling_rate: float, n_samples: int, *, folds: Sequence[int] | None = None,
-    limit_per_fold_set: int | None = None, progress: bool = True, preprocess: Mapping[str, Any] | None = None,
+    reader: DatasetReader, model_input: ModelInput, *, folds: Sequence[int] | None = None,
+    limit_per_fold_set: int | None = None, progress: bool = True,
 ) -> EvalData:
     """Read the records of ``folds`` (all when None), fit them to the model input, keep metadata.
 
@@ -242,7 +242,7 @@ def load_eval_data(
         ids.append(record_id)
         if limit_per_fold_set is not None and len(ids) >= limit_per_fold_set:
             break
-    data = EvalData(reader.name, reader.label_vocabulary, [], np.zeros((0, 12, n_samples), np.float32),
+    data = EvalData(reader.name, reader.label_vocabulary, [], np.zeros((0, 12, model_input.n_samples), np.float32),
                     [], [], [], [], scp_statements=getattr(reader, "scp_statements_path", None))
     signals = []
     with warnings.catch_warnings():
@@ -250,7 +250,7 @@ def load_eval_data(
         for record_id in tqdm(ids, disable=not progress, desc=f"reading {reader.name}", unit="ecg"):
             try:
                 record = reader.read(record_id)
-                prepared = fit_to_model(record, sampling_rate, n_samples, warn=False, preprocess=preprocess)
+                prepared = model_input.fit(record, warn=False)
             except (RecordError, InputError) as err:
                 reason = str(err).removeprefix(f"{record_id}: ")
                 data.skipped.append(Skip(record_id, reason))
@@ -505,30 +505,26 @@ def run_evaluation(models: Sequence[tuple[str, str | Path]], options: EvalOption
     text_cache: dict[str, list[str | None]] = {}
     for name, model_dir in models:
         inference = ESIInference(model_dir)
-        key = (inference.sampling_rate, inference.n_samples)
-        # models that share an input (rate, length, preprocessing) share the loaded records
-        input_key = (*key, json.dumps(inference.preprocess, sort_keys=True))
+        model_input = inference.input  # models with the same input key share the loaded records
         model_results: dict[str, Any] = {"model_dir": str(model_dir)}
         results["models"][name] = model_results
 
-        def ptbxl(key=key, input_key=input_key, inference=inference) -> EvalData:
-            rate = options.ptbxl_rate or (100 if inference.sampling_rate <= 100 else 500)
-            cache_key = ("ptbxl", *input_key, rate)
+        def ptbxl(model_input=model_input) -> EvalData:
+            rate = options.ptbxl_rate or (100 if model_input.sampling_rate <= 100 else 500)
+            cache_key = ("ptbxl", *model_input.key, rate)
             if cache_key not in data_cache:
                 reader = PTBXLReader(options.root, rate=rate)
-                common = {"progress": options.progress, "preprocess": inference.preprocess}
-                parts = [load_eval_data(reader, *key, folds=[f], limit_per_fold_set=options.limit, **common)
-                         for f in all_folds] if options.limit else [
-                    load_eval_data(reader, *key, folds=all_folds, **common)]
+                parts = [load_eval_data(reader, model_input, folds=[f], limit_per_fold_set=options.limit,
+                                        progress=options.progress) for f in all_folds] if options.limit else [
+                    load_eval_data(reader, model_input, folds=all_folds, progress=options.progress)]
                 data_cache[cache_key] = merge_eval_data(parts)
             return data_cache[cache_key]
 
-        def cinc(key=key, input_key=input_key, inference=inference) -> EvalData:
-            cache_key = ("cinc", *input_key)
+        def cinc(model_input=model_input) -> EvalData:
+            cache_key = ("cinc", *model_input.key)
             if cache_key not in data_cache:
-                data_cache[cache_key] = load_eval_data(CincReader(options.cinc_root), *key,
-                                                       limit_per_fold_set=options.limit, progress=options.progress,
-                                                       preprocess=inference.preprocess)
+                data_cache[cache_key] = load_eval_data(CincReader(options.cinc_root), model_input,
+                                                       limit_per_fold_set=options.limit, progress=options.progress)
             return data_cache[cache_key]
 
         for task, variant in runs:

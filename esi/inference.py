@@ -14,6 +14,7 @@ Input rules (so a user never gets a silently wrong answer):
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -115,18 +116,16 @@ def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, war
     signal = np.asarray(record.signal, dtype=np.float32)
     if signal.ndim != 2 or signal.shape[0] != len(STANDARD_LEADS):
         raise InputError(f"{rid}: signal must be (12, T) in the standard lead order, got shape {signal.shape}")
-    if record.missing_leads:
-        raise InputError(f"{rid}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
     if preprocess is not None:
         from corpora.preprocess import Preprocess
 
         try:
-            record = Preprocess(**preprocess)(record)
+            record = Preprocess(**preprocess)(record)  # keeps missing_leads, adds leads that were all NaN
         except RecordError as err:
             raise InputError(str(err)) from err
-        if record.missing_leads:  # a lead that was entirely NaN
-            raise InputError(f"{rid}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
         signal = np.asarray(record.signal, dtype=np.float32)
+    if record.missing_leads:
+        raise InputError(f"{rid}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
     if not np.isfinite(signal).all():
         raise InputError(f"{rid}: signal contains NaN or infinite samples")
     notes: list[str] = []
@@ -147,6 +146,23 @@ def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, war
     signal = preprocess_signal(signal.ravel(), rid, signal.shape[0], signal.shape[1], float(rate),
                                float(sampling_rate), int(n_samples))
     return PreparedECG(rid, np.ascontiguousarray(signal, dtype=np.float32), notes, record)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a model takes: input rate and length, and its training export's preprocessing."""
+
+    sampling_rate: float
+    n_samples: int
+    preprocess: Mapping[str, Any] | None = None
+
+    def fit(self, record: ECGRecord, *, warn: bool = True) -> PreparedECG:
+        return fit_to_model(record, self.sampling_rate, self.n_samples, warn=warn, preprocess=self.preprocess)
+
+    @property
+    def key(self) -> tuple[float, int, str]:
+        """Hashable: models with equal keys see identical inputs (so loaded records can be shared)."""
+        return self.sampling_rate, self.n_samples, json.dumps(self.preprocess, sort_keys=True)
 
 
 # ---- the model wrapper -----------------------------------------------------------------------------
@@ -170,14 +186,20 @@ class ESIInference:
         self.device = torch.device(device)
         self.batch_size = batch_size
         config = self.model.config
-        self.sampling_rate = float(config.sampling_rate)
-        self.n_samples = int(config.n_samples)
+        self.input = ModelInput(float(config.sampling_rate), int(config.n_samples), config.signal_preprocess)
         self.embed_dim = int(config.embed_dim)
-        self.preprocess = config.signal_preprocess
+
+    @property
+    def sampling_rate(self) -> float:
+        return self.input.sampling_rate
+
+    @property
+    def n_samples(self) -> int:
+        return self.input.n_samples
 
     # inputs
     def prepare(self, record: ECGRecord, *, warn: bool = True) -> PreparedECG:
-        return fit_to_model(record, self.sampling_rate, self.n_samples, warn=warn, preprocess=self.preprocess)
+        return self.input.fit(record, warn=warn)
 
     def prepare_path(self, path: str | Path) -> PreparedECG:
         return self.prepare(load_record(path))

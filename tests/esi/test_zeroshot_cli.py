@@ -56,11 +56,11 @@ def test_zeroshot_cli_json_on_real_fold9(model_dir: Path, ptbxl_root: Path, caps
 def test_zeroshot_thresholds_do_not_depend_on_test_labels(model_dir: Path, ptbxl_root: Path) -> None:
     from corpora.ptbxl import PTBXLReader
     from esi.evaluate import load_eval_data, merge_eval_data, zeroshot_evaluation
-    from esi.inference import ESIInference
+    from esi.inference import ESIInference, ModelInput
 
     inference = ESIInference(model_dir)
     reader = PTBXLReader(ptbxl_root)
-    parts = [load_eval_data(reader, 100.0, 1000, folds=[f], limit_per_fold_set=12, progress=False) for f in (8, 9)]
+    parts = [load_eval_data(reader, ModelInput(100.0, 1000), folds=[f], limit_per_fold_set=12, progress=False) for f in (8, 9)]
     data = merge_eval_data(parts)
     first = zeroshot_evaluation(inference, data, "superclass", test_folds=[9], threshold_folds=[8])
     # Flip every test label: AUCs change, the thresholds (chosen on fold 8) must not.
