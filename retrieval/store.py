@@ -304,13 +304,12 @@ class _LexicalIndex:
     chunk's text and metadata: chunk ids are content hashes, so a cached id always names the same chunk
     and a query only needs ids and distances from Chroma."""
 
-    def __init__(self, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[Mapping[str, Any] | None] = ()
-                 ) -> None:
+    def __init__(self, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.rows = {chunk: row for row, chunk in enumerate(ids)}
         self.texts = list(texts)
-        self.metadatas = [dict(m or {}) for m in metadatas] if metadatas else [{} for _ in ids]
+        self.metadatas = list(metadatas)
         self.vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b", sublinear_tf=True, stop_words="english")
         try:
             self.matrix = self.vectorizer.fit_transform(texts) if texts else None
@@ -562,14 +561,15 @@ class KnowledgeStore:
             self._lexical = _LexicalIndex(*_all_records(self.vectorstore, with_documents=True))
         lexical = self._lexical.scores(query, ids)
         ranked = sorted(
-            (((1.0 - distance) + self.lexical_weight * lex, 1.0 - distance, lex, self._lexical.document(chunk))
+            (((1.0 - distance) + self.lexical_weight * lex, 1.0 - distance, lex, chunk)
              for chunk, distance, lex in zip(ids, distances, lexical)),
             key=lambda item: -item[0],
         )
         passages: list[Passage] = []
         per_entry: dict[str, int] = {}
-        for score, dense, lex, doc in ranked:
-            entry = str((doc.metadata or {}).get("entry", ""))
+        for score, dense, lex, chunk in ranked:
+            doc = self._lexical.document(chunk)
+            entry = str(doc.metadata.get("entry", ""))
             if max_per_entry is not None and entry:
                 if per_entry.get(entry, 0) >= max_per_entry:
                     continue
