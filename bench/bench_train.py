@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from machine import machine_info  # bench/machine.py: the script's own folder is on sys.path
 
+from esi.factory import get_model_config
+
 CAPTIONS = [
     "ECG of a 63-year-old male. Findings: sinus rhythm; left anterior fascicular block; non-specific ST changes.",
     "ECG of a 45-year-old female. Findings: normal ECG; sinus rhythm.",
@@ -37,8 +39,8 @@ DEFAULT_THREADS = torch.get_num_threads()
 
 
 # The cpu-default with one shortcut undone (the encoder-size and input-rate rows of esi/configs/README.md).
-TINY_ENCODER = {"ecg": {"depths": [3, 3, 9, 3], "dims": [96, 192, 384, 768], "drop_path_rate": 0.1}}
-BASE_ENCODER = {"ecg": {"depths": [3, 3, 27, 3], "dims": [128, 256, 512, 1024], "drop_path_rate": 0.1}}
+TINY_ENCODER = {"ecg": get_model_config("tiny")["ecg"]}  # the registered encoders, nothing else of those sizes
+BASE_ENCODER = {"ecg": get_model_config("base")["ecg"]}
 RATE_500HZ = {"sampling_rate": 500.0, "n_samples": 5000}
 VARIANTS: dict[str, tuple[str, dict]] = {
     "cpu-default": ("cpu-default", {}),
