@@ -39,10 +39,12 @@ SCHEMA = pa.schema([
     ("record_id", pa.string()), ("subject_id", pa.string()), ("fold", pa.int64()), ("age", pa.float64()),
     ("sex", pa.string()), ("labels", pa.string()), ("findings", pa.string()), ("negated", pa.string()),
     ("caption", pa.string()), ("label_text", pa.string()), ("sources", pa.string()),
-    ("unknown_labels", pa.string()),
+    ("unknown_labels", pa.string()), ("finding_codes", pa.list_(pa.string())), ("label_terms", pa.string()),
 ])
+# Bumped when the row schema changes, so an old output folder is never resumed into a mixed table.
+SCHEMA_VERSION = 2
 CONTENT_KEYS = ("dataset", "root", "scp_statements", "model_id", "prompt_hash", "knowledge_version",
-                "chunk_size", "k", "max_bullets")
+                "chunk_size", "k", "max_bullets", "schema_version")
 
 
 class BatchError(ValueError):
@@ -109,7 +111,7 @@ def run_batch(reader: DatasetReader, captioner: Captioner, out: str | Path, *, c
     out = Path(out)
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    _check_run(out, {**config, "chunk_size": chunk_size})
+    _check_run(out, {**config, "chunk_size": chunk_size, "schema_version": SCHEMA_VERSION})
     for stale in data_dir.glob(".part-*.tmp"):  # a kill mid-write leaves only hidden temporaries
         stale.unlink()
     record_ids = reader.record_ids()

@@ -8,13 +8,17 @@ Caption format (stable; sentences separated by single spaces)::
   "Female patient." (age unknown), "Male aged 90 or older." (PTB-XL censored ages); nothing when
   both are unknown.
 - Findings are knowledge-entry names in caption order (rhythm, conduction, axis, hypertrophy,
-  ischaemia/infarction, ST-T, form, technical); uncertain ones are prefixed "possible".
+  ischaemia/infarction, ST-T, form, technical), except that the baseline findings most records share
+  (sinus rhythm) come last, so the text that tells records apart is never cut off by a short context;
+  uncertain ones are prefixed "possible".
 - Each waveform DESCRIPTION is either the validated LLM text ("llm") or the grounded text built
   from the entry's "Waveform features" bullets ("grounded"); ``sources`` records which, and why.
 - A record with no recognised finding reads "Findings: none recognised." and has no Waveform part.
 
 ``label_text`` (the dataset's own label descriptions, joined with "; ") is kept as a separate field
-for the no-CQA ablation.
+for the no-CQA ablation. ``finding_codes`` (the sorted finding ids) and ``label_terms`` (each label's
+names at every level of its vocabulary's hierarchy, e.g. PTB-XL statement description, diagnostic
+subclass and superclass) feed ESI's label-aware loss and its caption views.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ from .vocab import default_vocabulary
 log = logging.getLogger(__name__)
 
 DEFAULT_K = 3
+# Findings most records share go last in a caption (PTB-XL: ~80 % sinus rhythm).
+BASELINE_FINDINGS = ("sinus_rhythm",)
+# label_info keys that name a label at some level of its vocabulary's hierarchy (PTB-XL, SNOMED, MIMIC).
+LABEL_TERM_KEYS = ("description", "name", "abbreviation", "statement", "diagnostic_subclass", "diagnostic_class")
 RETRIEVAL_QUERY = "{name}: waveform features on the 12-lead ECG"
 
 
@@ -72,6 +80,12 @@ class Caption:
     unknown_labels: list[dict[str, str]]
     negated: list[Finding] = field(default_factory=list)
     passages: dict[str, list[Any]] = field(default_factory=dict)
+    label_terms: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def finding_codes(self) -> list[str]:
+        """The record's finding set (sorted entry ids): what the label-aware contrastive loss compares."""
+        return sorted({f.id for f in self.findings})
 
     def to_row(self) -> dict[str, Any]:
         """One table row; nested values as JSON strings so every column has a flat Arrow type."""
@@ -84,6 +98,8 @@ class Caption:
             "caption": self.caption, "label_text": self.label_text,
             "sources": json.dumps(self.sources, ensure_ascii=False),
             "unknown_labels": json.dumps(self.unknown_labels, ensure_ascii=False),
+            "finding_codes": self.finding_codes,
+            "label_terms": json.dumps(self.label_terms, ensure_ascii=False),
         }
 
 
@@ -111,9 +127,25 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def caption_order(findings: Sequence[Finding]) -> list[Finding]:
+    """Findings in caption order: the normaliser's order, with the shared baseline findings moved last."""
+    return sorted(findings, key=lambda f: f.id in BASELINE_FINDINGS)
+
+
+def label_terms(labels: Mapping[str, float], label_info: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, str]]:
+    """Per label, its names at every level its vocabulary defines (only those the dataset gives)."""
+    label_info = label_info or {}
+    out: dict[str, dict[str, str]] = {}
+    for label in labels:
+        info = label_info.get(label) or {}
+        out[str(label)] = {k: str(info[k]).strip() for k in LABEL_TERM_KEYS if info.get(k) and str(info[k]).strip()}
+    return out
+
+
 def compose_caption(findings: Sequence[Finding], descriptions: Mapping[str, Description],
                     age: float | None = None, sex: str | None = None, age_censored: bool = False) -> str:
     """Assemble the caption string in the documented format (deterministic)."""
+    findings = caption_order(findings)
     parts = [demographics(age, sex, age_censored)]
     if not findings:
         parts.append("Findings: none recognised.")
@@ -243,23 +275,25 @@ class Captioner:
     def caption(self, normalized: Normalized, *, age: float | None = None, sex: str | None = None,
                 labels: Mapping[str, float] | None = None, text_of_labels: str = "",
                 record_id: str | None = None, subject_id: str | None = None, fold: int | None = None,
-                age_censored: bool = False, with_passages: bool = False) -> Caption:
+                age_censored: bool = False, with_passages: bool = False,
+                terms: Mapping[str, Mapping[str, str]] | None = None) -> Caption:
         """Caption already-normalised findings (the CLI's ``explain`` and tests use this directly)."""
         descriptions = {f.id: self.describe(f.id) for f in normalized.findings}
         passages: dict[str, list[Any]] = {}
         if with_passages:
             passages = {f.id: descriptions[f.id].passages or self.passages_for(f.id) for f in normalized.findings}
         sources = {
-            fid: {"source": d.source, "reason": d.reason, "model": self.model_id if d.source == "llm" else None}
+            fid: {"source": d.source, "reason": d.reason, "model": self.model_id if d.source == "llm" else None,
+                  "text": d.text}
             for fid, d in descriptions.items()
         }
         return Caption(
             record_id=record_id, subject_id=subject_id, fold=fold, age=age, sex=sex,
-            labels=dict(labels or {}), findings=list(normalized.findings),
+            labels=dict(labels or {}), findings=caption_order(normalized.findings),
             caption=compose_caption(normalized.findings, descriptions, age, sex, age_censored),
             label_text=text_of_labels, sources=sources,
             unknown_labels=[u.to_dict() for u in normalized.unknown], negated=list(normalized.negated),
-            passages=passages,
+            passages=passages, label_terms={k: dict(v) for k, v in (terms or {}).items()},
         )
 
     def caption_record(self, record: Any, *, with_passages: bool = False) -> Caption:
@@ -271,4 +305,5 @@ class Captioner:
             text_of_labels=label_text(record.labels, record.label_vocabulary, record.label_info),
             record_id=record.record_id, subject_id=None if record.subject_id is None else str(record.subject_id),
             fold=record.fold, age_censored=bool(extra.get("age_censored")), with_passages=with_passages,
+            terms=label_terms(record.labels, record.label_info),
         )

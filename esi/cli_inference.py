@@ -92,17 +92,33 @@ def _add_zeroshot(subparsers) -> argparse.ArgumentParser:
                    "(default: every other fold present; none for datasets without folds)")
     p.add_argument("--templates", default="ecg", help="prompt template set (ecg, plain) or JSON path")
     p.add_argument("--knowledge", action="store_true", help="add the knowledge-corpus waveform description "
-                   "of each class to its prompts")
+                   "of each class to its prompts (same as --class-text knowledge)")
+    _add_class_text_options(p)
+    p.add_argument("--prototypes", action="store_true",
+                   help="few-shot instead of zero-shot: each class is the mean embedding of its example ECGs "
+                   "in --threshold-folds (nearest class-mean prototype)")
     p.add_argument("--limit", type=int, help="read at most N records per fold set (quick checks)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
+def _add_class_text_options(p: argparse.ArgumentParser) -> None:
+    from esi.zeroshot import CALIBRATIONS, CLASS_TEXTS, DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT
+
+    p.add_argument("--class-text", choices=CLASS_TEXTS, default=None,
+                   help=f"where class embeddings come from (default {DEFAULT_CLASS_TEXT}): the prompt templates, "
+                   "templates + knowledge descriptions, the training caption views naming the class and its "
+                   "member findings (weighted by the model's training label counts), or their mean")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default=DEFAULT_CALIBRATION,
+                   help="per-ECG score calibration across the classes (default %(default)s)")
+
+
 def _run_zeroshot(args: argparse.Namespace) -> int:
     from esi.evaluate import load_eval_data, merge_eval_data, parse_folds, zeroshot_evaluation
     from esi.inference import ESIInference
     from esi.labelsets import load_labelset
+    from esi.zeroshot import DEFAULT_CLASS_TEXT
 
     labelset = load_labelset(args.labels)
     if args.classes:
@@ -123,8 +139,12 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
                                         folds=[f for f in threshold_folds if f not in test_folds],
                                         limit_per_fold_set=args.limit, progress=progress))
     data = merge_eval_data(parts)
+    if args.prototypes and not threshold_folds:
+        raise ValueError("--prototypes needs example ECGs: pass --folds and --threshold-folds (labelled folds)")
     result = zeroshot_evaluation(inference, data, labelset, test_folds=test_folds, threshold_folds=threshold_folds,
-                                 templates=args.templates, use_knowledge=args.knowledge)
+                                 templates=args.templates, use_knowledge=args.knowledge,
+                                 class_text=args.class_text or ("knowledge" if args.knowledge else None) or
+                                 DEFAULT_CLASS_TEXT, calibration=args.calibration, prototypes=args.prototypes)
     result.update({"model": str(args.model), "dataset_root": str(args.root),
                    "skipped_records": [f"{s.record}: {s.reason}" for s in data.skipped],
                    "input_notes": data.notes})
@@ -210,6 +230,9 @@ def _add_search(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--dataset", dest="where_dataset", help="only ECGs of this dataset")
     p.add_argument("--sex", dest="where_sex", choices=["male", "female"], help="only ECGs of this sex")
+    p.add_argument("--query-text", choices=("views", "raw"), default="views",
+                   help="views (default): a query naming a finding or class is expanded into the texts the "
+                   "model was trained on; raw: embed the query exactly as typed")
     p.add_argument("--json", action="store_true")
     p.add_argument("query", help="free text, e.g. 'atrial fibrillation with rapid ventricular response'")
     return p
@@ -224,7 +247,8 @@ def _run_search(args: argparse.Namespace) -> int:
                                  model_dir=args.model, create=False)
     clauses = [{k: v} for k, v in (("dataset", args.where_dataset), ("sex", args.where_sex)) if v]
     where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
-    hits = [hit_to_dict(h) for h in ECGIndex(inference, collection).search(args.query, k=args.k, where=where)]
+    hits = [hit_to_dict(h) for h in ECGIndex(inference, collection).search(args.query, k=args.k, where=where,
+                                                                           query_text=args.query_text)]
     if args.json:
         _print_json({"query": args.query, "collection": args.collection, "hits": hits})
         return 0
@@ -349,6 +373,9 @@ def _add_eval(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="fine-tune epochs (both runs)")
     p.add_argument("--templates", default="ecg")
     p.add_argument("--knowledge", action="store_true", help="zero-shot prompts with knowledge descriptions")
+    _add_class_text_options(p)
+    p.add_argument("--query-text", choices=("views", "raw"), default="views",
+                   help="how the query-by-text task embeds its class queries (see `esi search --help`)")
     p.add_argument("--limit", type=int, help="at most N records per fold (quick checks only)")
     p.add_argument("--ptbxl-rate", type=int, choices=(100, 500),
                    help="read PTB-XL's records100 or records500 for every model (each resampled to its own "
@@ -375,6 +402,7 @@ def _model_args(values: list[str]) -> list[tuple[str, str]]:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from esi.evaluate import EvalOptions, markdown_table, parse_folds, run_evaluation
+    from esi.zeroshot import DEFAULT_CLASS_TEXT
 
     models = _model_args(args.model + args.compare)
     options = EvalOptions(
@@ -383,6 +411,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         cinc_root=Path(args.cinc_root) if args.cinc_root else None,
         captions=Path(args.captions) if args.captions else None, finetune_epochs=args.epochs,
         templates=args.templates, knowledge=args.knowledge, limit=args.limit, force=args.force,
+        class_text=args.class_text or ("knowledge" if args.knowledge else DEFAULT_CLASS_TEXT),
+        calibration=args.calibration, query_text=args.query_text,
         progress=not args.quiet, ptbxl_rate=args.ptbxl_rate,
     )
     if not options.train_folds or not options.test_folds:

@@ -67,15 +67,56 @@ class Batch:
     signals: torch.Tensor  # (B, 12, T) float32
     texts: list[str]
     record_ids: list[str]
+    finding_sets: list[tuple[str, ...]] | None = None  # per row, for the label-aware contrastive loss
+    captions: list[str] | None = None  # the full captions (the decoder's targets) when texts are views
 
 
 @dataclass
 class CaptionTable:
-    """record_id -> (text, fold) for the chosen text column."""
+    """record_id -> (text, fold) for the chosen text column, plus finding sets and view material."""
 
     texts: dict[str, str]
     folds: dict[str, int | None]
     empty: int
+    finding_sets: dict[str, tuple[str, ...]] | None = None  # None: the Parquet has no finding codes
+    records: dict[str, Any] = field(default_factory=dict)  # record_id -> esi.views.RecordText (with_views)
+    views: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # record_id -> kind -> texts
+    labels: dict[str, list[str]] = field(default_factory=dict)  # record_id -> native label codes
+    terms: dict[str, dict[str, str]] = field(default_factory=dict)  # code -> its hierarchy names
+
+    def label_prior(self, folds: Sequence[int] | None, exclude: Sequence[int] = ()) -> dict[str, Any]:
+        """How often each native label code occurs in the selected folds (saved with a model as
+        ``label_prior.json``; the ``views`` zero-shot class text weighs a class's members by it)."""
+        counts: dict[str, int] = {}
+        n = 0
+        for record_id, codes in self.labels.items():
+            if not fold_selected(self.folds.get(record_id), folds, exclude):
+                continue
+            n += 1
+            for code in codes:
+                counts[code] = counts.get(code, 0) + 1
+        return {"n_records": n, "folds": None if folds is None else list(folds), "labels": dict(sorted(counts.items())),
+                "terms": {code: self.terms[code] for code in sorted(counts) if code in self.terms}}
+
+    def use_views(self, generator: Any) -> None:
+        """Build every record's fixed view set (needs ``read_captions(..., with_views=True)``)."""
+        if not self.records:
+            raise DataError("caption views need the caption rows' findings; read_captions(with_views=True)")
+        self.views = {rid: generator.views(record) for rid, record in self.records.items() if rid in self.texts}
+        self.generator = generator
+
+    def text(self, record_id: str, key: tuple[Any, ...]) -> str:
+        """The record's text for one draw: its caption, or a seeded view when views are on."""
+        views = self.views.get(record_id)
+        return self.generator.draw(views, key) if views else self.texts[record_id]
+
+    def all_texts(self) -> list[str]:
+        """Every text a step can draw (the frozen text tower's cache is filled with these)."""
+        out = list(self.texts.values())
+        for views in self.views.values():
+            for texts in views.values():
+                out.extend(texts)
+        return list(dict.fromkeys(out))
 
 
 def parquet_files(path: str | Path) -> list[Path]:
@@ -119,20 +160,49 @@ def _require_columns(file: Path, schema: pa.Schema, columns: Sequence[str]) -> N
         raise DataError(f"{file}: missing column(s) {missing}; has {schema.names}")
 
 
-def read_captions(path: str | Path, text_column: str = "caption") -> CaptionTable:
-    """Load the caption column (``caption``, or ``label_text`` for the no_cqa ablation)."""
+VIEW_COLUMNS = ("findings", "label_terms", "sources", "age", "sex")
+
+
+def _finding_codes(row: dict[str, Any]) -> tuple[str, ...] | None:
+    if row.get("finding_codes") is not None:
+        return tuple(sorted(set(row["finding_codes"])))
+    if row.get("findings") is not None:
+        return tuple(sorted({f["id"] for f in json.loads(row["findings"])}))
+    return None
+
+
+def read_captions(path: str | Path, text_column: str = "caption", with_views: bool = False) -> CaptionTable:
+    """Load the caption column (``caption``, or ``label_text`` for the no_cqa ablation).
+
+    Also reads each row's finding set (``finding_codes``, else the ``findings`` JSON) for the
+    label-aware loss; a table without either keeps ``finding_sets`` None and says so in a warning.
+    ``with_views`` keeps the rows' findings, label terms and descriptions for the caption views.
+    """
+    from esi.views import record_text
+
     texts: dict[str, str] = {}
     folds: dict[str, int | None] = {}
+    finding_sets: dict[str, tuple[str, ...]] = {}
+    records: dict[str, Any] = {}
+    labels: dict[str, list[str]] = {}
+    terms: dict[str, dict[str, str]] = {}
+    have_findings = True
     empty = 0
     for file in parquet_files(path):
         schema = pq.read_schema(file)
         _require_columns(file, schema, ["record_id", text_column])
-        columns = ["record_id", text_column] + (["fold"] if "fold" in schema.names else [])
+        optional = ["fold", "finding_codes", "findings", "labels", "label_terms"] + (list(VIEW_COLUMNS) + ["caption"] if with_views else [])
+        columns = list(dict.fromkeys(["record_id", text_column] + [c for c in optional if c in schema.names]))
+        if "finding_codes" not in schema.names and "findings" not in schema.names:
+            have_findings = False
+            log.warning("%s has no finding_codes (nor findings) column: the label-aware contrastive loss and "
+                        "caption views are off for it; re-caption with `cqa caption` to add them", file)
         table = pq.read_table(file, columns=columns)
         ids = table.column("record_id").to_pylist()
         values = table.column(text_column).to_pylist()
         fold_values = table.column("fold").to_pylist() if "fold" in columns else [None] * len(ids)
-        for record_id, text, fold in zip(ids, values, fold_values):
+        rows = table.to_pylist()
+        for record_id, text, fold, row in zip(ids, values, fold_values, rows):
             if record_id is None:
                 raise DataError(f"{file}: a caption row has a null record_id")
             record_id = str(record_id)
@@ -143,7 +213,19 @@ def read_captions(path: str | Path, text_column: str = "caption") -> CaptionTabl
                 raise DataError(f"{file}: duplicate caption for record {record_id!r}")
             texts[record_id] = str(text)
             folds[record_id] = None if fold is None else int(fold)
-    return CaptionTable(texts, folds, empty)
+            if row.get("labels"):
+                try:
+                    labels[record_id] = [str(code) for code in json.loads(row["labels"])]
+                except (ValueError, TypeError) as err:
+                    raise DataError(f"{file}: record {record_id!r} has unreadable labels JSON ({err})") from err
+            if row.get("label_terms"):
+                terms.update(json.loads(row["label_terms"]))
+            codes = _finding_codes(row)
+            if codes is not None:
+                finding_sets[record_id] = codes
+            if with_views and "findings" in row:
+                records[record_id] = record_text({**row, "caption": row.get("caption") or texts[record_id]})
+    return CaptionTable(texts, folds, empty, finding_sets if have_findings else None, records, labels=labels, terms=terms)
 
 
 def fold_selected(fold: int | None, folds: Sequence[int] | None, exclude: Sequence[int] = ()) -> bool:
@@ -303,8 +385,8 @@ class InMemoryPairs(_PairSourceBase):
         for step in range(start_batch, self.steps_per_epoch(batch_size, world_size, drop_last)):
             chunk = order[step * global_batch:(step + 1) * global_batch]
             local = chunk[rank * batch_size:(rank + 1) * batch_size].tolist()
-            yield Batch(torch.from_numpy(self.signals[local]), [self.texts[i] for i in local],
-                        [self.record_ids[i] for i in local])
+            ids = [self.record_ids[i] for i in local]
+            yield _batch(torch.from_numpy(self.signals[local]), ids, self.captions, epoch)
 
 
 class StreamingPairs(_PairSourceBase):
@@ -364,17 +446,24 @@ class StreamingPairs(_PairSourceBase):
                 out = drain(buffer.pop(rng.randrange(len(buffer))))
             if out is not None:
                 if produced > start_batch:
-                    yield _to_batch(out)
+                    yield _to_batch(out, self.captions, epoch)
                 if produced >= steps:
                     return
         while buffer and produced < steps:
             out = drain(buffer.pop(rng.randrange(len(buffer))))
             if out is not None and produced > start_batch:
-                yield _to_batch(out)
+                yield _to_batch(out, self.captions, epoch)
 
 
-def _to_batch(rows: list[tuple[str, np.ndarray, str]]) -> Batch:
-    return Batch(torch.from_numpy(np.stack([r[1] for r in rows])), [r[2] for r in rows], [r[0] for r in rows])
+def _batch(signals: torch.Tensor, record_ids: list[str], captions: CaptionTable, epoch: int) -> Batch:
+    """A batch whose texts are drawn per (epoch, record) (the caption itself when views are off)."""
+    texts = [captions.text(rid, (epoch, rid)) for rid in record_ids]
+    sets = None if captions.finding_sets is None else [captions.finding_sets.get(rid, ()) for rid in record_ids]
+    return Batch(signals, texts, record_ids, sets, [captions.texts[rid] for rid in record_ids])
+
+
+def _to_batch(rows: list[tuple[str, np.ndarray, str]], captions: CaptionTable, epoch: int) -> Batch:
+    return _batch(torch.from_numpy(np.stack([r[1] for r in rows])), [r[0] for r in rows], captions, epoch)
 
 
 def augment(signals: torch.Tensor, generator: torch.Generator, jitter: float = 0.003,

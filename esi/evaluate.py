@@ -28,7 +28,7 @@ from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 from corpora.base import DatasetReader, ECGRecord, RecordError, Skip
 from esi.inference import ESIInference, InputError, ModelInput, ResampledWarning
 from esi.labelsets import LabelSet, load_labelset
-from esi.zeroshot import ZeroShotClassifier
+from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier, calibrate
 
 
 def _as_2d(array: np.ndarray, name: str) -> np.ndarray:
@@ -289,18 +289,71 @@ def merge_eval_data(parts: Sequence[EvalData]) -> EvalData:
 
 # ==== zero-shot ==================================================================================
 
+def prototype_classifier(labelset: LabelSet, embeddings: np.ndarray, y: np.ndarray,
+                         calibration: str = "raw") -> ZeroShotClassifier:
+    """Few-shot classification from example ECGs: each class is the mean embedding of its examples
+    (nearest class-mean prototype). A class without an example gets a zero vector (scores 0)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    rows = []
+    for j in range(len(labelset.classes)):
+        members = embeddings[np.asarray(y[:, j], dtype=bool)]
+        mean = members.mean(axis=0) if len(members) else np.zeros(embeddings.shape[1], np.float32)
+        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+    prompts = {c.id: [f"{int(np.asarray(y[:, j]).sum())} example ECGs"] for j, c in enumerate(labelset.classes)}
+    return ZeroShotClassifier(labelset, np.stack(rows).astype(np.float32), prompts, class_text="prototypes",
+                              calibration=calibration)
+
+
+def reference_scores(
+    inference: ESIInference, data: EvalData, resolved: LabelSet, y: np.ndarray, texts: Sequence[str | None],
+    train: np.ndarray, model_key: str = "",
+) -> dict[str, np.ndarray]:
+    """Scores of the two references zero-shot should approach (class centres from the training folds):
+    ``caption_centroid`` (class text = mean embedding of the class's training captions) and
+    ``ecg_prototype`` (nearest class-mean ECG embedding)."""
+    embeddings = data.embeddings(inference, model_key)
+    out = {"ecg_prototype": prototype_classifier(resolved, embeddings[train], y[train]).cosine(embeddings)}
+    with_text = train & np.array([bool(t) for t in texts], dtype=bool)
+    if with_text.any():
+        unique = list(dict.fromkeys(t for t, keep in zip(texts, with_text) if keep))
+        vectors = dict(zip(unique, inference.embed_texts(unique)))
+        text_embeddings = np.stack([vectors[t] if keep else np.zeros(inference.embed_dim, np.float32)
+                                    for t, keep in zip(texts, with_text)])
+        out["caption_centroid"] = prototype_classifier(resolved, text_embeddings[with_text],
+                                                       y[with_text]).cosine(embeddings)
+    return out
+
+
 def zeroshot_evaluation(
     inference: ESIInference, data: EvalData, labelset: str | LabelSet, *, test_folds: Sequence[int] | None,
     threshold_folds: Sequence[int] | None, templates: str = "ecg", use_knowledge: bool = False,
-    model_key: str = "",
+    model_key: str = "", class_text: str | None = DEFAULT_CLASS_TEXT, calibration: str = DEFAULT_CALIBRATION,
+    reference_texts: Sequence[str | None] | None = None, prototypes: bool = False,
 ) -> dict[str, Any]:
-    """Zero-shot AUC on ``test_folds`` and F1 with thresholds chosen on ``threshold_folds``."""
+    """Zero-shot AUC on ``test_folds`` and F1 with thresholds chosen on ``threshold_folds``.
+
+    ``reference_texts`` (one caption per record) adds the caption-centroid and ECG-prototype
+    references, built on ``threshold_folds``; ``prototypes`` scores with the ECG prototypes instead
+    of class text (few-shot from the threshold folds' example ECGs).
+    """
     labelset = load_labelset(labelset) if isinstance(labelset, str) else labelset
     resolved = labelset.resolve(data.scp_statements) if labelset.needs_scp_statements else labelset.resolve()
-    classifier = ZeroShotClassifier.build(inference.model, resolved, templates, use_knowledge=use_knowledge)
+    if use_knowledge and class_text in (None, DEFAULT_CLASS_TEXT):
+        class_text = "knowledge"
     if not data.record_ids:
         raise ValueError(f"no readable {data.dataset} records to evaluate")
     y = resolved.targets(data.labels, data.vocabulary)
+    labelled = np.array([bool(labels) for labels in data.labels], dtype=bool)
+    examples = (data.fold_mask(threshold_folds) & ~data.fold_mask(test_folds) & labelled
+                if threshold_folds is not None else np.zeros(len(y), dtype=bool))
+    if prototypes:
+        if not examples.any():
+            raise ValueError("--prototypes needs labelled example records: pass --threshold-folds with labelled folds")
+        classifier = prototype_classifier(resolved, data.embeddings(inference, model_key)[examples], y[examples],
+                                          calibration)
+    else:
+        classifier = ZeroShotClassifier.build(inference.model, resolved, templates, class_text=class_text,
+                                              calibration=calibration, prior=inference.label_prior)
     scores = classifier.scores(data.embeddings(inference, model_key))
     # A record without any label (e.g. an empty CinC #Dx) is unannotated, not negative for every class.
     labelled = np.array([bool(labels) for labels in data.labels], dtype=bool)
@@ -315,10 +368,17 @@ def zeroshot_evaluation(
         report["f1_note"] = "no threshold (training) records, so no F1: thresholds are never chosen on test labels"
     for class_id, cls in zip(resolved.class_ids, resolved.classes):
         report["per_class"][class_id]["display"] = cls.display
+    if reference_texts is not None and train.any():
+        references = reference_scores(inference, data, resolved, y, reference_texts, train, model_key)
+        report["references"] = {
+            name: {"macro_auc": ref["macro_auc"], "per_class_auc": ref["per_class_auc"]}
+            for name, ref in ((n, multilabel_auc(y[test], calibrate(s[test], calibration), resolved.class_ids))
+                              for n, s in references.items())}
     report.update({
         "labelset": resolved.name, "dataset": data.dataset, "test_folds": test_folds, "threshold_folds":
-        threshold_folds if train.any() else None, "templates": templates, "knowledge": use_knowledge,
-        "score": "cosine similarity (ECG embedding vs mean prompt embedding)",
+        threshold_folds if train.any() else None, "templates": templates, "knowledge": class_text == "knowledge",
+        "class_text": classifier.class_text, "calibration": calibration,
+        "score": f"{calibration} cosine similarity (ECG embedding vs {classifier.class_text} class embedding)",
         "skipped_classes": report.pop("skipped"),
         "n_unlabelled_excluded": int((data.fold_mask(test_folds) & ~labelled).sum()),
     })
@@ -439,9 +499,52 @@ def retrieval_evaluation(
     }
 
 
+# ==== query by text ===============================================================================
+
+def query_set(path: str | Path | None = None) -> list[dict[str, str]]:
+    """The class queries of ``esi/labelsets/queries/ptbxl.json`` (or a JSON file of the same shape)."""
+    from esi.labelsets import labelsets_dir
+
+    file = Path(path) if path else labelsets_dir() / "queries" / "ptbxl.json"
+    queries = json.loads(file.read_text(encoding="utf-8")).get("queries")
+    if not queries or not all(isinstance(q, dict) and "labelset" in q and "class" in q for q in queries):
+        raise ValueError(f"{file}: 'queries' must be a list of {{labelset, class}} objects")
+    return queries
+
+
+def query_evaluation(
+    inference: ESIInference, data: EvalData, *, folds: Sequence[int] | None, ks: Sequence[int] = (5, 10),
+    query_text: str = "views", model_key: str = "", queries: Sequence[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Text->ECG precision@k of class queries (the class display name, as a user types it) over the
+    records of ``folds``; each query's chance rate (its class prevalence there) is reported beside it."""
+    mask = data.fold_mask(folds) & np.array([bool(labels) for labels in data.labels], dtype=bool)
+    embeddings = data.embeddings(inference, model_key)[mask]
+    labels = [lab for lab, keep in zip(data.labels, mask) if keep]
+    per_query: dict[str, Any] = {}
+    resolved_sets: dict[str, LabelSet] = {}
+    for item in queries or query_set():
+        if item["labelset"] not in resolved_sets:
+            labelset = load_labelset(item["labelset"])
+            resolved_sets[item["labelset"]] = (labelset.resolve(data.scp_statements) if labelset.needs_scp_statements
+                                               else labelset.resolve())
+        selected = resolved_sets[item["labelset"]].select([item["class"]])
+        relevant = selected.targets(labels, data.vocabulary)[:, 0].astype(bool)
+        query = item.get("query") or selected.classes[0].display
+        order = np.argsort(-(embeddings @ inference.query_embedding(query, query_text)), kind="stable")
+        row: dict[str, Any] = {"class": f"{item['labelset']}:{item['class']}", "n_relevant": int(relevant.sum()),
+                               "chance": float(relevant.mean()) if len(relevant) else math.nan}
+        for k in ks:
+            row[f"precision@{k}"] = float(relevant[order[:k]].mean()) if len(order) else math.nan
+        per_query[query] = row
+    summary = {f"mean_precision@{k}": float(np.mean([r[f"precision@{k}"] for r in per_query.values()])) for k in ks}
+    summary["mean_chance"] = float(np.mean([r["chance"] for r in per_query.values()]))
+    return {"folds": folds, "n_records": int(mask.sum()), "query_text": query_text, **summary, "queries": per_query}
+
+
 # ==== the whole suite ===========================================================================
 
-EVAL_TASKS = ("zeroshot", "probe", "finetune", "patient_id", "retrieval")
+EVAL_TASKS = ("zeroshot", "probe", "finetune", "patient_id", "retrieval", "query")
 ZEROSHOT_SETS = ("superclass", "subclass", "form", "rhythm")
 
 
@@ -460,6 +563,9 @@ class EvalOptions:
     finetune_epochs: int = 5
     templates: str = "ecg"
     knowledge: bool = False
+    class_text: str = DEFAULT_CLASS_TEXT
+    calibration: str = DEFAULT_CALIBRATION
+    query_text: str = "views"
     limit: int | None = None
     ptbxl_rate: int | None = None  # records100/records500 for every model; None: nearest each model's rate
     force: bool = False
@@ -481,6 +587,8 @@ def _task_runs(options: EvalOptions) -> list[tuple[str, str]]:
             runs.append(("patient_id", "all_folds"))
         elif task == "retrieval":
             runs += [("retrieval", "cqa"), ("retrieval", "label_text")]
+        elif task == "query":
+            runs.append(("query", "class_queries"))
         else:
             raise ValueError(f"unknown eval task {task!r}; choose from {', '.join(EVAL_TASKS)}")
     return runs
@@ -498,7 +606,8 @@ def run_evaluation(models: Sequence[tuple[str, str | Path]], options: EvalOption
         "root": str(options.root), "train_folds": options.train_folds, "test_folds": options.test_folds,
         "what": list(options.what), "cinc_root": str(options.cinc_root) if options.cinc_root else None,
         "captions": str(options.captions) if options.captions else "grounded CQA captions (cqa.caption, no LLM)",
-        "templates": options.templates, "knowledge": options.knowledge, "limit": options.limit,
+        "templates": options.templates, "knowledge": options.knowledge, "class_text": options.class_text,
+        "calibration": options.calibration, "query_text": options.query_text, "limit": options.limit,
         "ptbxl_rate": options.ptbxl_rate,
     }}
     data_cache: dict[tuple, EvalData] = {}
@@ -550,16 +659,23 @@ def run_evaluation(models: Sequence[tuple[str, str | Path]], options: EvalOption
 def _run_task(task: str, variant: str, inference: ESIInference, options: EvalOptions, name: str, ptbxl, cinc,
               text_cache: dict[str, list[str | None]]) -> dict[str, Any]:
     """One (task, variant) of the suite for one model."""
+    text_options = {"templates": options.templates, "use_knowledge": options.knowledge,
+                    "class_text": options.class_text, "calibration": options.calibration}
     if task == "zeroshot" and variant == "cinc_scored":
         data = cinc()
         result = zeroshot_evaluation(inference, data, variant, test_folds=None, threshold_folds=None,
-                                     templates=options.templates, use_knowledge=options.knowledge,
-                                     model_key=name)
+                                     model_key=name, **text_options)
     elif task == "zeroshot":
         data = ptbxl()
+        text_key = f"cqa:{id(data)}"
+        if text_key not in text_cache:
+            text_cache[text_key] = caption_texts(data, "cqa", options.captions)
         result = zeroshot_evaluation(inference, data, variant, test_folds=options.test_folds,
-                                     threshold_folds=options.train_folds, templates=options.templates,
-                                     use_knowledge=options.knowledge, model_key=name)
+                                     threshold_folds=options.train_folds, model_key=name,
+                                     reference_texts=text_cache[text_key], **text_options)
+    elif task == "query":
+        result = query_evaluation(inference, ptbxl(), folds=options.test_folds, query_text=options.query_text,
+                                  model_key=name)
     elif task == "probe":
         result = probe_evaluation(inference, ptbxl(), variant, train_folds=options.train_folds,
                                   test_folds=options.test_folds, model_key=name)
@@ -591,6 +707,14 @@ def summary_rows(model_results: dict[str, Any]) -> dict[str, Any]:
     for variant, r in model_results.get("zeroshot", {}).items():
         rows[f"zero-shot {variant}: macro AUC"] = r.get("macro_auc")
         rows[f"zero-shot {variant}: macro F1"] = r.get("macro_f1")
+        for reference, ref in r.get("references", {}).items():
+            rows[f"reference {variant} ({reference.replace('_', '-')}): macro AUC"] = ref.get("macro_auc")
+    for r in model_results.get("query", {}).values():
+        for k in (5, 10):
+            rows[f"query by text: mean precision@{k} (chance {_fmt(r.get('mean_chance'))})"] = r.get(
+                f"mean_precision@{k}")
+        for query, q in r.get("queries", {}).items():
+            rows[f"query \"{query}\": precision@5 (chance {_fmt(q.get('chance'))})"] = q.get("precision@5")
     for variant, r in model_results.get("probe", {}).items():
         for fraction, f in r.get("fractions", {}).items():
             rows[f"linear probe {variant} {float(fraction):.0%}: macro AUC"] = f.get("macro_auc")

@@ -19,6 +19,7 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +179,14 @@ def load_model(model_dir: str | Path, device: str = "cpu"):
     return model.to(device).eval()
 
 
+QUERY_TEXTS = ("views", "raw")
+
+
 class ESIInference:
     """Batched, gradient-free use of a trained ESI model."""
 
     def __init__(self, model: Any, *, device: str = "cpu", batch_size: int = 256):
+        self.model_dir = Path(model) if isinstance(model, str | Path) else None
         self.model = load_model(model, device) if isinstance(model, str | Path) else model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -192,6 +197,38 @@ class ESIInference:
     @property
     def sampling_rate(self) -> float:
         return self.input.sampling_rate
+
+    @property
+    def label_prior(self) -> dict[str, float]:
+        """Training-fold label counts saved with the model (``label_prior.json``); empty when absent."""
+        return {str(k): float(v) for k, v in self.label_prior_document.get("labels", {}).items()}
+
+    @cached_property
+    def label_prior_document(self) -> dict[str, Any]:
+        """The whole ``label_prior.json`` (counts and each code's hierarchy names); {} when absent."""
+        path = self.model_dir / "label_prior.json" if self.model_dir else None
+        if path is None or not path.is_file():
+            return {}
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            valid = all(isinstance(v, int | float) for v in document["labels"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise InputError(f"{path}: unreadable label prior ({err})") from err
+        if not valid:
+            raise InputError(f"{path}: label counts must be numbers")
+        return document
+
+    def query_embedding(self, query: str, query_text: str = "views") -> np.ndarray:
+        """(D,) unit embedding of a text query: as typed (``raw``) or expanded into the texts the model
+        was trained on (``views``, :func:`esi.views.expand_query`)."""
+        from esi.views import expand_query
+
+        if query_text not in QUERY_TEXTS:
+            raise InputError(f"query text must be one of {', '.join(QUERY_TEXTS)}, got {query_text!r}")
+        texts, weights = ([query], [1.0]) if query_text == "raw" else expand_query(query, self.label_prior_document)
+        vectors = self.embed_texts(texts)
+        mean = (vectors * np.asarray(weights, dtype=np.float32)[:, None]).sum(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
     @property
     def n_samples(self) -> int:

@@ -35,6 +35,15 @@ FORMAT_VERSION = 1
 class LossConfig:
     contrastive_weight: float = 1.0
     caption_weight: float = 1.0  # 0 -> no caption decoder is built (no_caption_loss ablation)
+    # one_hot (CLIP, the paper) | same_findings | finding_overlap: positives = pairs with matching findings
+    contrastive_targets: str = "one_hot"
+
+    def __post_init__(self) -> None:
+        from esi.loss import CONTRASTIVE_TARGETS
+
+        if self.contrastive_targets not in CONTRASTIVE_TARGETS:
+            raise ValueError(f"loss.contrastive_targets must be one of {CONTRASTIVE_TARGETS}, "
+                             f"got {self.contrastive_targets!r}")
 
 
 @dataclass

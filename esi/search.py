@@ -166,13 +166,18 @@ class ECGIndex:
                 bar.update(len(chunk))
         return IndexReport(added, already, skipped, self.collection.count())
 
-    def search(self, query: str, k: int = 5, where: Mapping[str, Any] | None = None) -> list[Hit]:
-        """The k ECGs whose embeddings are closest to the text query; [] for an empty collection."""
+    def search(self, query: str, k: int = 5, where: Mapping[str, Any] | None = None,
+               query_text: str = "views") -> list[Hit]:
+        """The k ECGs whose embeddings are closest to the text query; [] for an empty collection.
+
+        ``query_text="views"`` expands a query that names a finding or class into the texts the model
+        trained on (:meth:`ESIInference.query_embedding`); ``raw`` embeds it as typed.
+        """
         if not isinstance(query, str) or not query.strip():
             raise SearchError("the search query is empty")
         if self.collection.count() == 0:
             return []
-        return self.collection.query(self.inference.embed_texts([query])[0], k=k, where=where)
+        return self.collection.query(self.inference.query_embedding(query, query_text), k=k, where=where)
 
     def search_embedding(self, embedding: np.ndarray, k: int = 5, where: Mapping[str, Any] | None = None) -> list[Hit]:
         return self.collection.query(np.asarray(embedding, dtype=np.float32), k=k, where=where)

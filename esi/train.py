@@ -53,6 +53,7 @@ from esi.text_encoder import load_text_backbone
 from esi.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
+LABEL_PRIOR_FILE = "label_prior.json"  # training-fold label counts, beside the model (esi.zeroshot views)
 
 
 @dataclass
@@ -77,6 +78,9 @@ class TrainConfig:
     val_folds: list[int] = field(default_factory=lambda: [9])
     text_column: str = "caption"
     no_cqa: bool = False  # ablation: train on the raw label text ("label_text" column)
+    # caption views (esi.views.ViewSettings fields: per-kind weights, names_per_record); None = one text
+    # per record, as in the paper. The decoder always learns the full caption.
+    views: dict[str, Any] | None = None
     no_caption_loss: bool = False
     no_contrastive_loss: bool = False
     augment: bool = True
@@ -101,6 +105,15 @@ class TrainConfig:
             raise ValueError(f"data_mode must be auto/memory/stream, got {self.data_mode!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("batch_size, grad_accum and epochs must be >= 1")
+        if self.views is not None:
+            from esi.views import ViewError, ViewSettings
+
+            try:
+                ViewSettings(**self.views)
+            except TypeError as error:
+                raise ValueError(f"views: {error} (allowed: {sorted(ViewSettings.__dataclass_fields__)})") from error
+            except ViewError as error:
+                raise ValueError(f"views: {error}") from error
 
     @property
     def caption_column(self) -> str:
@@ -198,10 +211,14 @@ def forward_loss(model: torch.nn.Module, loss_fn: ESILoss, batch: Batch, device:
                  autocast: bool) -> dict[str, torch.Tensor]:
     signals = batch.signals.to(device, non_blocking=True)
     context = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast else nullcontext()
+    base = getattr(model, "module", model)
+    caption_ids = None
+    if batch.captions is not None and batch.captions != batch.texts and base.decoder is not None:
+        caption_ids = base.tokenize_captions(batch.captions)  # the decoder learns the full caption, not the view
     with context:
-        out = model(signals, batch.texts)
+        out = model(signals, batch.texts, caption_ids)
     return loss_fn(out.get("ecg_features"), out.get("text_features"), out["logit_scale"],
-                   out.get("caption_logits"), out.get("caption_targets"))
+                   out.get("caption_logits"), out.get("caption_targets"), finding_sets=batch.finding_sets)
 
 
 @torch.no_grad()
@@ -317,7 +334,16 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
 
 def _build_sources(config: TrainConfig, model_config: ESIConfig, captions_path: str, data_path: str,
                    env: DistEnv):
-    captions = read_captions(captions_path, config.caption_column)
+    captions = read_captions(captions_path, config.caption_column, with_views=config.views is not None)
+    val_captions = replace(captions, views={})  # validation always reads the record's own caption
+    if config.views is not None:
+        from esi.views import ViewGenerator, ViewSettings
+
+        if captions.records:
+            captions.use_views(ViewGenerator(ViewSettings(**config.views), seed=config.seed))
+        else:
+            log.warning("%s has no findings column: caption views are off, each record trains on its caption",
+                        captions_path)
     size = sum(p.stat().st_size for p in parquet_files(data_path))
     streaming = config.data_mode == "stream" or (config.data_mode == "auto" and size > 2 * 1024 ** 3)
     common = {"target_rate": model_config.sampling_rate, "target_samples": model_config.n_samples,
@@ -329,7 +355,7 @@ def _build_sources(config: TrainConfig, model_config: ESIConfig, captions_path: 
         train = InMemoryPairs(data_path, captions, config.train_folds, exclude_folds=config.val_folds, **common)
     val = None
     if config.val_folds and env.is_main:
-        val = InMemoryPairs(data_path, captions, config.val_folds, max_records=config.max_val_records, **common)
+        val = InMemoryPairs(data_path, val_captions, config.val_folds, max_records=config.max_val_records, **common)
         if len(val) == 0:
             val = None
     return captions, train, val
@@ -386,7 +412,7 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
     torch.manual_seed(config.seed)  # identical init on every rank
     model = ESIModel(model_config, caption_vocab=vocab).to(device)
     if model_config.text.freeze and model_config.text.cache_embeddings:
-        model.text_encoder.precompute(list(captions.texts.values()), device)
+        model.text_encoder.precompute(captions.all_texts(), device)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, config))
     step = 0
@@ -402,8 +428,14 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
         if env.is_main:
             _append_metrics(metrics_path, {"event": "resume", "step": step, "checkpoint": checkpoint.name})
+    targets = model_config.loss.contrastive_targets
+    if targets != "one_hot" and captions.finding_sets is None:
+        log.warning("loss.contrastive_targets=%s needs the caption column 'finding_codes' (or 'findings'), which "
+                    "%s lacks: training with the plain one-hot contrastive loss", targets, captions_path)
+    finding_vocab = sorted({c for codes in (captions.finding_sets or {}).values() for c in codes})
     loss_fn = ESILoss(model_config.loss.contrastive_weight, model_config.loss.caption_weight,
-                      pad_id=model.caption_tokenizer.pad_id, rank=env.rank, world_size=env.world_size)
+                      pad_id=model.caption_tokenizer.pad_id, rank=env.rank, world_size=env.world_size,
+                      contrastive_targets=targets, finding_vocab=finding_vocab)
     ablation = config.no_caption_loss or config.no_contrastive_loss
     wrapped: torch.nn.Module = model
     if env.world_size > 1:
@@ -428,7 +460,7 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
             if config.augment:
                 generator = torch.Generator().manual_seed(
                     ((config.seed * 1_000_003 + step) * 101 + micro) * 1009 + env.rank)
-                batch = Batch(augment(batch.signals, generator), batch.texts, batch.record_ids)
+                batch = replace(batch, signals=augment(batch.signals, generator))
             last_micro = micro == config.grad_accum - 1
             sync = wrapped.no_sync() if (env.world_size > 1 and not last_micro) else nullcontext()
             with sync:
@@ -475,6 +507,8 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
     final = run_dir / "final"
     if env.is_main:
         model.save_pretrained(final)
+        atomic_write_json(final / LABEL_PRIOR_FILE,
+                          captions.label_prior(config.train_folds, exclude=config.val_folds))
         _append_metrics(metrics_path, {"event": "end", "step": step, "completed": step >= total_steps})
     if env.world_size > 1:
         dist.barrier()

@@ -7,17 +7,25 @@ every knowledge entry listing one of the class's native codes, a description pro
 ``"<display>: <waveform feature>; <waveform feature>; ..."`` (the grounded CQA description) is
 embedded; the mean of those is averaged with the template mean (equal weight) and re-normalised.
 
-Scores are the raw cosine similarities between ECG and class embeddings (in [-1, 1]). They are
-per-class, independent scores (multi-label): ranking metrics (AUC) need nothing more, and F1 uses
-per-class thresholds chosen on training scores (see :mod:`esi.evaluate`). ``probabilities`` maps
-them through ``sigmoid(logit_scale * (s - bias))`` for display only.
+Class text (``class_text``): ``templates`` (the above), ``knowledge`` (templates + knowledge
+description), ``views`` (the training caption views' short sentences naming the class and its member
+findings, members weighted by how often they occurred in the model's training folds, read from the
+model's ``label_prior.json``; see :func:`esi.views.class_view_texts`) or ``mean`` (the re-normalised
+mean of the three).
+
+Scores (``calibration``): ``raw`` cosine per class; ``centre`` subtracts each ECG's mean over the
+classes (an ECG that resembles every prompt no longer ranks high for all of them); ``zscore`` also
+divides by its standard deviation over the classes; ``softmax`` is ``softmax(logit_scale * cosine)``
+over the classes (for single-label sets). They are per-class scores: ranking metrics (AUC) need
+nothing more, and F1 uses per-class thresholds chosen on training scores (see :mod:`esi.evaluate`).
+``probabilities`` maps them through ``sigmoid(logit_scale * (s - bias))`` for display only.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,6 +34,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from esi.labelsets import LabelSet
+
+CLASS_TEXTS = ("templates", "knowledge", "views", "mean")
+CALIBRATIONS = ("raw", "centre", "zscore", "softmax")
+DEFAULT_CLASS_TEXT = "mean"
+DEFAULT_CALIBRATION = "centre"
 
 
 class TextEncoder(Protocol):
@@ -78,9 +91,56 @@ def knowledge_descriptions(labelset: LabelSet, max_entries: int = 3) -> dict[str
     return out
 
 
+def member_names(labelset: LabelSet, prior: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Per class id, its member findings' names (knowledge-entry names) -> weight.
+
+    The weight of a member is how often its codes occurred in the model's training folds (``prior``:
+    native code -> count); with no prior, or none of the class's codes in it, members weigh equally.
+    """
+    from corpora.knowledge import code_index, entry_by_id
+
+    index, entries = code_index(), entry_by_id()
+    prior = prior or {}
+    out: dict[str, dict[str, float]] = {}
+    for cls in labelset.classes:
+        counts: dict[str, float] = {}
+        for codes in cls.codes.values():
+            for code in codes:
+                for entry_id in index.get(code, [])[:1]:
+                    name = entries[entry_id].name
+                    counts[name] = counts.get(name, 0.0) + float(prior.get(code, 0.0))
+        if counts and sum(counts.values()) <= 0:
+            counts = dict.fromkeys(counts, 1.0)
+        out[cls.id] = counts
+    return out
+
+
+def calibrate(scores: np.ndarray, calibration: str, logit_scale: float = 10.0) -> np.ndarray:
+    """Per-ECG calibration of (N, C) cosine scores across the classes (see the module docstring)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if calibration == "raw":
+        return scores
+    if calibration == "centre":
+        return scores - scores.mean(axis=1, keepdims=True)
+    if calibration == "zscore":
+        centred = scores - scores.mean(axis=1, keepdims=True)
+        return centred / (scores.std(axis=1, keepdims=True) + 1e-6)
+    if calibration == "softmax":
+        logits = logit_scale * scores
+        logits = logits - logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        return weights / weights.sum(axis=1, keepdims=True)
+    raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
+
+
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
     return matrix / np.clip(norms, 1e-12, None)
+
+
+def _weighted_unit_mean(vectors: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    total = sum(weights.values())
+    return _unit_rows(np.sum([vectors[t] * (w / total) for t, w in weights.items()], axis=0))
 
 
 def to_numpy(tensor: Any) -> np.ndarray:
@@ -112,39 +172,71 @@ class ZeroShotClassifier:
     prompts: dict[str, list[str]]
     logit_scale: float = 10.0
     bias: float = 0.0
+    class_text: str = "templates"
+    calibration: str = "raw"
 
     @classmethod
     def build(
         cls, model: TextEncoder, labelset: LabelSet, templates: str | Sequence[str] = "ecg",
-        *, use_knowledge: bool = False,
+        *, use_knowledge: bool = False, class_text: str | None = None, calibration: str = "raw",
+        prior: Mapping[str, float] | None = None,
     ) -> ZeroShotClassifier:
+        """Class embeddings from ``class_text`` (``use_knowledge`` alone means ``knowledge``, as before).
+
+        ``prior``: the model's training-fold code counts (``label_prior.json``), used by ``views``.
+        """
+        class_text = class_text or ("knowledge" if use_knowledge else "templates")
+        if class_text not in CLASS_TEXTS:
+            raise ValueError(f"class text must be one of {', '.join(CLASS_TEXTS)}, got {class_text!r}")
+        calibrate(np.zeros((1, 1)), calibration)  # an unknown calibration fails before any embedding
         template_list = load_templates(templates) if isinstance(templates, str) else list(templates)
-        descriptions = knowledge_descriptions(labelset) if use_knowledge else {}
-        prompts: dict[str, list[str]] = {}
+        wanted = {"templates", "knowledge", "views"} if class_text == "mean" else {class_text}
+        descriptions = knowledge_descriptions(labelset) if wanted & {"knowledge"} else {}
+        members = member_names(labelset, prior) if "views" in wanted else {}
+        # text -> weight, per class and per kind of class text
+        texts: dict[str, dict[str, dict[str, float]]] = {c.id: {} for c in labelset.classes}
         for c in labelset.classes:
-            prompts[c.id] = [t.format(c.display) for t in template_list]
-        # One batched pass over every prompt and description (much faster than per class).
-        unique = list(dict.fromkeys(t for c in labelset.classes for t in prompts[c.id] + descriptions.get(c.id, [])))
+            base = {t.format(c.display): 1.0 for t in template_list}
+            if wanted & {"templates", "knowledge"}:
+                texts[c.id]["templates"] = base
+                texts[c.id].setdefault("knowledge", {})
+            if "knowledge" in wanted:
+                texts[c.id]["knowledge"] = dict.fromkeys(descriptions.get(c.id, []), 1.0)
+            if "views" in wanted:
+                from esi.views import class_view_texts
+
+                view_texts, weights = class_view_texts(c.display, members.get(c.id, {}))
+                texts[c.id]["views"] = dict(zip(view_texts, weights))
+        # One batched pass over every text (much faster than per class).
+        unique = list(dict.fromkeys(t for per_class in texts.values() for kind in per_class.values() for t in kind))
         vectors = dict(zip(unique, embed_texts(model, unique)))
         rows = []
+        prompts: dict[str, list[str]] = {}
         for c in labelset.classes:
-            embedding = _unit_rows(np.mean([vectors[t] for t in prompts[c.id]], axis=0))
-            extra = descriptions.get(c.id, [])
-            if extra:
-                embedding = _unit_rows(embedding + _unit_rows(np.mean([vectors[t] for t in extra], axis=0)))
-            prompts[c.id] = prompts[c.id] + extra
-            rows.append(embedding)
+            parts = {k: _weighted_unit_mean(vectors, v) for k, v in texts[c.id].items() if v}
+            if "knowledge" in parts:  # the knowledge text is the template prompts plus the descriptions
+                parts["knowledge"] = _unit_rows(parts["knowledge"] + parts["templates"])
+            if class_text == "knowledge" and "knowledge" not in parts:
+                parts["knowledge"] = parts["templates"]  # a class without a knowledge entry keeps its prompts
+            parts = {k: v for k, v in parts.items() if k in wanted}
+            rows.append(_unit_rows(np.sum(list(parts.values()), axis=0)))
+            prompts[c.id] = list(dict.fromkeys(t for v in texts[c.id].values() for t in v))
         scale = getattr(model, "logit_scale", None)
         logit_scale = float(scale.detach().exp()) if hasattr(scale, "detach") else 10.0
         if not math.isfinite(logit_scale) or logit_scale <= 0:
             logit_scale = 10.0
-        return cls(labelset, np.stack(rows).astype(np.float32), prompts, logit_scale=logit_scale)
+        return cls(labelset, np.stack(rows).astype(np.float32), prompts, logit_scale=logit_scale,
+                   class_text=class_text, calibration=calibration)
 
     @property
     def class_ids(self) -> list[str]:
         return self.labelset.class_ids
 
-    def scores(self, ecg_embeddings: np.ndarray) -> np.ndarray:
+    def scores(self, ecg_embeddings: np.ndarray, calibration: str | None = None) -> np.ndarray:
+        """(N, C) class scores: cosine similarity, calibrated per ECG (``self.calibration`` by default)."""
+        return calibrate(self.cosine(ecg_embeddings), calibration or self.calibration, self.logit_scale)
+
+    def cosine(self, ecg_embeddings: np.ndarray) -> np.ndarray:
         """Cosine similarity (N, C) between L2-normalised ECG embeddings and the class embeddings."""
         ecg = _unit_rows(np.asarray(ecg_embeddings, dtype=np.float32))
         if ecg.ndim != 2 or ecg.shape[1] != self.class_embeddings.shape[1]:

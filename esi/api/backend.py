@@ -35,7 +35,7 @@ from esi.search import (
     knowledge_texts,
     open_collection,
 )
-from esi.zeroshot import ZeroShotClassifier
+from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,9 @@ class Backend:
         with self._model_lock:
             if key not in self._classifiers:
                 labelset: LabelSet = self._labelsets[key]
-                self._classifiers[key] = ZeroShotClassifier.build(self.inference.model, labelset, "ecg")
+                self._classifiers[key] = ZeroShotClassifier.build(
+                    self.inference.model, labelset, "ecg", class_text=DEFAULT_CLASS_TEXT,
+                    calibration=DEFAULT_CALIBRATION, prior=self.inference.label_prior)
             return self._classifiers[key]
 
     # ---- meta ----------------------------------------------------------------------------------------
@@ -284,7 +286,7 @@ class Backend:
     def search(self, query: str, k: int) -> list[dict[str, Any]]:
         def embed() -> np.ndarray:
             with self._model_lock:
-                return self.inference.embed_texts([query])[0]
+                return self.inference.query_embedding(query)
 
         embedding = self._query_embeddings.get(query, embed)
         try:

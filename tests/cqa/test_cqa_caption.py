@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -50,9 +51,12 @@ def test_grounded_caption_format_and_possible_marking() -> None:
     captioner = Captioner()
     normalized = normalize_labels({"CRBBB": 100.0, "SR": 0.0}, "scp")
     caption = captioner.caption(normalized, age=56, sex="male")
-    assert caption.caption.startswith("56-year-old male. Findings: possible sinus rhythm; "
-                                      "complete right bundle branch block. Waveform: Possible sinus rhythm — ")
-    assert "Complete right bundle branch block — QRS: duration 120 ms or longer" in caption.caption
+    # the finding that tells records apart comes first; the sinus rhythm most records share, last
+    assert caption.caption.startswith("56-year-old male. Findings: complete right bundle branch block; possible "
+                                      "sinus rhythm. Waveform: Complete right bundle branch block — QRS: duration "
+                                      "120 ms or longer")
+    assert caption.caption.index("Possible sinus rhythm — ") > caption.caption.index("Complete right bundle")
+    assert [f.id for f in caption.findings] == ["crbbb", "sinus_rhythm"]
     assert CAPTION_RE.match(caption.caption)
     assert {s["source"] for s in caption.sources.values()} == {"grounded"}
     assert check_caption(caption.caption, caption.findings).ok
@@ -105,7 +109,10 @@ def test_timeout_falls_back_to_grounded_and_is_not_cached(tmp_path: Path, caplog
     with caplog.at_level("WARNING"):
         caption = captioner.caption(normalize_labels(["CRBBB"]))
     assert time.perf_counter() - started < 1.5
-    assert caption.sources["crbbb"] == {"source": "grounded", "reason": "timeout after 0.2 s", "model": None}
+    source = caption.sources["crbbb"]
+    assert {k: source[k] for k in ("source", "reason", "model")} == {
+        "source": "grounded", "reason": "timeout after 0.2 s", "model": None}
+    assert source["text"] == captioner.grounded("crbbb", None).text  # the fallback text itself, for the views
     assert "timed out" in caplog.text
     assert len(cache) == 0
 
@@ -181,3 +188,18 @@ def test_openai_backend_against_a_local_server(tmp_path: Path, fake_openai_serve
     assert all(s["source"] == "llm" for s in caption.sources.values()), caption.sources
     request = fake_openai_server.requests[0]
     assert request["temperature"] == 0.0 and request["model"] == "tiny"
+
+
+def test_caption_row_carries_finding_codes_and_label_terms(ptbxl_root) -> None:  # type: ignore[no-untyped-def]
+    """The row schema the label-aware loss and the caption views read: sorted finding ids and each
+    label's names at every level of PTB-XL's hierarchy (from scp_statements.csv)."""
+    from corpora.ptbxl import PTBXLReader
+
+    reader = PTBXLReader(ptbxl_root)
+    record = next(r for r in map(reader.read_metadata, reader.record_ids()) if "CLBBB" in r.labels)
+    row = Captioner().caption_record(record).to_row()
+    assert row["finding_codes"] == sorted(row["finding_codes"]) and "lbbb" in row["finding_codes"]
+    terms = json.loads(row["label_terms"])
+    assert terms["CLBBB"]["diagnostic_class"] == "CD" and terms["CLBBB"]["diagnostic_subclass"] == "CLBBB"
+    assert terms["CLBBB"]["description"].lower().startswith("complete left bundle branch block")
+    assert set(terms) == set(record.labels)

@@ -58,7 +58,7 @@ def test_explain_json_with_real_store(knowledge_store_dir: Path, capsys) -> None
     assert main(["explain", "--codes", "IRBBB,SR", "--age", "56", "--sex", "male", "--store",
                  str(knowledge_store_dir), "--llm", "none", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["caption"].startswith("56-year-old male. Findings: sinus rhythm; ")
+    assert result["caption"].startswith("56-year-old male. Findings: incomplete right bundle branch block; sinus rhythm.")
     assert {f["id"] for f in result["findings"]} == set(result["sources"])
     assert {p["finding"] for p in result["passages"]} == set(result["sources"])
     assert all(p["entry"] == p["finding"] for p in result["passages"])

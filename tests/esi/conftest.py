@@ -62,3 +62,22 @@ def _esi_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def esi_cqa_captions(ptbxl_root: Path, esi_pairs, tmp_path_factory) -> Path:
+    """Grounded CQA caption rows (the ``cqa caption`` schema) for the records of ``esi_pairs``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from corpora.ptbxl import PTBXLReader
+    from cqa.batch import SCHEMA
+    from cqa.caption import Captioner
+
+    reader = PTBXLReader(ptbxl_root, rate=100)
+    ids = pq.read_table(esi_pairs[1], columns=["record_id"]).column("record_id").to_pylist()
+    captioner = Captioner()
+    rows = [captioner.caption_record(reader.read_metadata(rid)).to_row() for rid in ids]
+    path = tmp_path_factory.mktemp("esi_cqa") / "captions.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+    return path

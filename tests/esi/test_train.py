@@ -115,3 +115,44 @@ def test_bf16_autocast_path_trains_and_tracks_fp32(esi_pairs, esi_test_model, tm
         losses[precision] = train[0]["loss"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.03)
     assert losses["bf16"] != losses["fp32"]  # autocast really ran in bf16
+
+
+def test_views_and_label_aware_loss_train_resume_exactly_and_save_the_prior(
+        esi_pairs, esi_cqa_captions, esi_test_model, tmp_path) -> None:
+    """Caption views + exact-set targets: a cut-and-resumed run equals an uninterrupted one bit for bit,
+    the decoder still learns the full caption, and the model keeps its training-fold label counts."""
+    from esi.data import read_captions
+
+    signals, _ = esi_pairs
+    overrides = {**esi_test_model, "loss": {"contrastive_targets": "same_findings"}}
+    config = _config_file(tmp_path, overrides, views={"names_per_record": 2})
+    common = ["pretrain", "--config", config, "--captions", str(esi_cqa_captions), "--data", str(signals),
+              "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "full")]) == 0
+    assert main(common + ["--out", str(tmp_path / "cut"), "--max-steps", "7"]) == 0
+    assert main(common + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name
+
+    prior = json.loads((tmp_path / "full" / "final" / "label_prior.json").read_text())
+    assert prior == json.loads(json.dumps(read_captions(esi_cqa_captions).label_prior(
+        [1, 2, 3, 4, 5, 6, 7, 8], exclude=[9])))
+    # the restricted caption vocabulary comes from the captions alone, not from the view sentences
+    vocab = set(json.loads((tmp_path / "full" / "caption_vocab.json").read_text())["token_ids"])
+    model = ESIModel.from_pretrained(tmp_path / "full" / "final")
+    view_only = model.caption_tokenizer.tokenizer("electrocardiogram tracing", add_special_tokens=False)["input_ids"]
+    assert not set(view_only) <= vocab
+
+
+def test_label_aware_loss_without_finding_column_trains_plain(esi_pairs, esi_test_model, tmp_path, caplog) -> None:
+    signals, captions = esi_pairs  # write_pairs captions: no finding_codes / findings column
+    overrides = {**esi_test_model, "loss": {"contrastive_targets": "finding_overlap"}}
+    config = _config_file(tmp_path, overrides, epochs=1)
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert main(["pretrain", "--config", config, "--captions", str(captions), "--data", str(signals),
+                     "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "finding_codes" in caplog.text and "one-hot" in caplog.text
