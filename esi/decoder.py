@@ -17,17 +17,19 @@ import torch
 from torch import nn
 
 from esi._open_clip import MultimodalTransformer
+from esi.config import checked
 
 
 @dataclass
 class DecoderConfig:
     """Width/depth of the caption decoder; ``context_length`` bounds the decoder input tokens."""
 
-    width: int = 512
-    layers: int = 6
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    context_length: int = 256
+    # ranges are enforced by esi.config.from_dict (the loaded config), naming the dotted key
+    width: int = checked(512, ge=1)
+    layers: int = checked(6, ge=1)
+    heads: int = checked(8, ge=1)
+    mlp_ratio: float = checked(4.0, gt=0.0)
+    context_length: int = checked(256, ge=1)
     restrict_vocab: bool = False
 
     def __post_init__(self) -> None:

@@ -10,22 +10,25 @@ probes, and the final-stage token sequence, which the caption decoder cross-atte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from esi.config import checked
 
 
 @dataclass
 class ECGEncoderConfig:
     """Architecture of the 1-D ConvNeXt-V2; see esi/configs/README.md for the named sizes."""
 
-    in_channels: int = 12
-    patch_size: int = 4
-    depths: list[int] = field(default_factory=lambda: [3, 3, 9, 3])
-    dims: list[int] = field(default_factory=lambda: [96, 192, 384, 768])
-    drop_path_rate: float = 0.1
-    kernel_size: int = 7
+    # ranges are enforced by esi.config.from_dict (the loaded config), naming the dotted key
+    in_channels: int = checked(12, ge=1)
+    patch_size: int = checked(4, ge=1)
+    depths: list[int] = checked(default_factory=lambda: [3, 3, 9, 3], ge=1, min_len=1)
+    dims: list[int] = checked(default_factory=lambda: [96, 192, 384, 768], ge=1, min_len=1)
+    drop_path_rate: float = checked(0.1, ge=0.0, lt=1.0)
+    kernel_size: int = checked(7, ge=1)
 
     def __post_init__(self) -> None:
         if len(self.depths) != len(self.dims) or not self.depths:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from esi.config import ConfigError, from_dict, to_dict
+from esi.config import ConfigError, checked, from_dict, to_dict
 from esi.decoder import CaptionDecoder, DecoderConfig, shift_for_teacher_forcing
 from esi.ecg_encoder import ConvNeXtV2ECG, ECGEncoderConfig
 from esi.io import atomic_save_safetensors, atomic_write_json
@@ -33,8 +33,9 @@ FORMAT_VERSION = 1
 
 @dataclass
 class LossConfig:
-    contrastive_weight: float = 1.0
-    caption_weight: float = 1.0  # 0 -> no caption decoder is built (no_caption_loss ablation)
+    # ranges are enforced by esi.config.from_dict (the loaded config), naming the dotted key
+    contrastive_weight: float = checked(1.0, ge=0.0)
+    caption_weight: float = checked(1.0, ge=0.0)  # 0 -> no caption decoder is built (no_caption_loss ablation)
     # one_hot (CLIP, the paper) | same_findings | finding_overlap: positives = pairs with matching findings
     contrastive_targets: str = "one_hot"
 
@@ -50,9 +51,10 @@ class LossConfig:
 class ESIConfig:
     """Whole-model config. ``sampling_rate``/``n_samples`` are the input the encoder was built for."""
 
-    embed_dim: int = 512
-    sampling_rate: float = 100.0
-    n_samples: int = 1000
+    # ranges are enforced by esi.config.from_dict (the loaded config), naming the dotted key
+    embed_dim: int = checked(512, ge=1)
+    sampling_rate: float = checked(100.0, gt=0.0)
+    n_samples: int = checked(1000, ge=1)
     ecg: ECGEncoderConfig = field(default_factory=ECGEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -61,7 +63,7 @@ class ESIConfig:
     # export_config.json), re-applied to raw records at inference so the model sees the same band.
     signal_preprocess: dict[str, Any] | None = None
     init_logit_scale: float = math.log(1 / 0.07)
-    max_logit_scale: float = 100.0
+    max_logit_scale: float = checked(100.0, gt=0.0)
 
     def __post_init__(self) -> None:
         if self.signal_preprocess is not None:

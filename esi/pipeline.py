@@ -183,9 +183,11 @@ class Pipeline:
         embedding = inference.embed_signals(prepared.signal[None])[0]
         zeroshot = json.loads(self.path("zeroshot_superclass.json").read_text(encoding="utf-8"))
         from esi.labelsets import load_labelset
-        from esi.zeroshot import ZeroShotClassifier
+        from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
 
-        classifier = ZeroShotClassifier.build(inference.model, load_labelset("superclass"))
+        labelset = load_labelset("superclass").resolve(self.ptbxl / "scp_statements.csv")
+        classifier = ZeroShotClassifier.build(inference.model, labelset, class_text=DEFAULT_CLASS_TEXT,
+                                              calibration=DEFAULT_CALIBRATION, prior=inference.label_prior)
         ranked = classifier.top_classes(classifier.scores(embedding[None])[0], k=5)
 
         texts = knowledge_texts()
@@ -196,7 +198,10 @@ class Pipeline:
 
         collection = open_collection(str(self.path("search")), "ptbxl-fold9", kind="ecg", inference=inference,
                                      model_dir=str(model_dir), create=False)
-        hits = ECGIndex(inference, collection).search(DEFAULT_QUERY, k=3)
+        index = ECGIndex(inference, collection)
+        hits = index.search(DEFAULT_QUERY, k=3)
+        normal_hits = index.search("normal ECG", k=5)
+        queries = self._query_precision(inference)
 
         draft = inference.caption(prepared.signal[None])[0]
         metrics = _last_validation(self.path("model", "metrics.jsonl"))
@@ -212,6 +217,10 @@ class Pipeline:
             f"| zero-shot superclass macro AUC (fold 9) | {_fmt(zeroshot.get('macro_auc'))} |",
             f"| zero-shot superclass macro F1 (fold 9) | {_fmt(zeroshot.get('macro_f1'))} |",
             f"| zero-shot records evaluated | {zeroshot.get('n_records')} |",
+            f"| zero-shot class text, calibration | {zeroshot.get('class_text')}, {zeroshot.get('calibration')} |",
+            f"| query by text: mean precision@5 over {len(queries['queries'])} class queries (fold 9; chance "
+            f"{_fmt(queries['mean_chance'])}) | {_fmt(queries['mean_precision@5'])} |",
+            f"| query by text: \"normal ECG\" precision@5 | {_fmt(queries['queries']['normal ECG']['precision@5'])} |",
         ]
         for key, value in metrics.items():
             lines.append(f"| validation {key} | {_fmt(value)} |")
@@ -242,8 +251,32 @@ class Pipeline:
             *[f"{i}. record {h.metadata.get('record_id')} ({h.score:.3f}): labels {h.metadata.get('labels')}"
               for i, h in enumerate(hits, 1)],
             "",
+            "## Text→ECG: fold-9 records matching “normal ECG”",
+            "",
+            *[f"{i}. record {h.metadata.get('record_id')} ({h.score:.3f}): labels {h.metadata.get('labels')}"
+              for i, h in enumerate(normal_hits, 1)],
+            "",
+            "## Query by text: precision@5 of each class query on fold 9 (chance = the class's prevalence)",
+            "",
+            "| query | precision@5 | chance |",
+            "|---|---|---|",
+            *[f"| {q} | {_fmt(r['precision@5'])} | {_fmt(r['chance'])} |" for q, r in queries["queries"].items()],
+            "",
+            "The validation rows above include `val_ref_caption_centroid_auc` and `val_ref_ecg_prototype_auc`: "
+            "the fold-9 superclass AUC of the class centres built from the training captions and training ECGs, "
+            "which zero-shot (`val_zeroshot_superclass_auc`) should approach.",
+            "",
         ]
         return "\n".join(lines)
+
+    def _query_precision(self, inference) -> dict[str, Any]:
+        """Text->ECG precision@k of the class queries on fold 9 (the records the model never saw)."""
+        from corpora.ptbxl import PTBXLReader
+        from esi.evaluate import load_eval_data, query_evaluation
+
+        reader = PTBXLReader(self.ptbxl, rate=100 if inference.sampling_rate <= 100 else 500)
+        data = load_eval_data(reader, inference.input, folds=[9], progress=False)
+        return query_evaluation(inference, data, folds=[9])
 
 
 def _ptbxl_filename(root: Path, record_id: str) -> str:

