@@ -245,6 +245,28 @@ def parse_wfdb_header(text: str, record_id: str) -> WfdbHeader:
     return header
 
 
+def signal_file(record_id: str, directory: Path, file_name: str) -> Path:
+    """``directory / file_name`` for a signal file that a header names, or :class:`RecordError`
+    when it would leave ``directory`` (absolute name, ``..`` step, symlink pointing out).
+
+    A header is input like any other: such a name would make another file's bytes this record's
+    signal (exported, captioned and scored under its id). Only the path is examined (``resolve``
+    follows links without opening anything), so a refused file is never opened.
+    """
+    name = Path(file_name)
+    if name.is_absolute() or ".." in name.parts:
+        raise RecordError(record_id, f"header names signal file {file_name!r} outside the record's folder; refused")
+    candidate = directory / name
+    try:
+        inside = candidate.resolve().is_relative_to(directory.resolve())
+    except (OSError, RuntimeError, ValueError) as err:  # symlink loop, NUL byte in the name
+        raise RecordError(record_id, f"cannot resolve signal file {file_name!r}: {err}") from err
+    if not inside:
+        raise RecordError(
+            record_id, f"signal file {file_name!r} is a link leading outside the record's folder; refused")
+    return candidate
+
+
 def mv_factors(record_id: str, units: list[str]) -> np.ndarray:
     """Per-lead factors that turn the header's physical units into millivolts."""
     try:
@@ -282,7 +304,7 @@ def _read_format16(record_id: str, path: Path, header: WfdbHeader) -> WfdbSignal
     -32768 = missing sample (NaN)."""
     if set(header.fmts) != {"16"} or len(set(header.file_names)) != 1 or header.sig_len <= 0:
         return None
-    data_path = path.parent / header.file_names[0]
+    data_path = signal_file(record_id, path.parent, header.file_names[0])
     if not data_path.is_file():
         raise RecordError(record_id, f"signal file missing: {data_path.name}")
     _check_size(record_id, data_path, header.sig_len, header.n_sig, 2)
@@ -320,7 +342,8 @@ def read_wfdb(record_id: str, path: Path) -> WfdbSignal:
     :func:`parse_wfdb_header` + numpy, about 100x faster than ``wfdb.rdrecord`` (whose header
     parsing dominates); results are identical (tested). Everything else goes through
     ``wfdb.rdrecord``, whose errors (missing files, truncated .dat, bad header) are translated.
-    A .dat longer than its header says is rejected too (wfdb would silently ignore the surplus).
+    A .dat longer than its header says is rejected too (wfdb would silently ignore the surplus),
+    and so is a header naming a signal file outside the record's folder (:func:`signal_file`).
     """
     header_path = path.with_suffix(".hea")
     if not header_path.is_file():
@@ -330,6 +353,8 @@ def read_wfdb(record_id: str, path: Path) -> WfdbSignal:
     except OSError as err:
         raise RecordError(record_id, f"cannot read {header_path.name}: {err}") from err
     header = parse_wfdb_header(text, record_id)
+    for file_name in dict.fromkeys(header.file_names):  # before anything (wfdb included) opens them
+        signal_file(record_id, path.parent, file_name)
     formats: dict[str, set[str]] = {}
     for file_name, fmt in zip(header.file_names, header.fmts):
         formats.setdefault(file_name, set()).add(fmt.split("+")[0].split("x")[0].split(":")[0])

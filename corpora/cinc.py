@@ -34,6 +34,7 @@ from .base import (
     parse_age,
     parse_sex,
     parse_wfdb_header,
+    signal_file,
 )
 
 DX_MAPPING_FILES = ("dx_mapping_scored.csv", "dx_mapping_unscored.csv")
@@ -198,7 +199,7 @@ class CincReader(DatasetReader):
         files = set(header.file_names)
         if len(files) != 1:
             raise RecordError(record_id, f"expected one signal file, header names {sorted(files)}")
-        mat_path = path.parent / files.pop()
+        mat_path = signal_file(record_id, path.parent, files.pop())
         if not mat_path.is_file():
             raise RecordError(record_id, f"signal file missing: {mat_path.name}")
         content = load_matlab(record_id, mat_path)

@@ -10,8 +10,11 @@ Layout of an export folder::
     manifest.json             dataset, preprocess params, n_records, shape, sampling_rate, shards
 
 Shards cover fixed slices of ``record_ids()`` (not fixed row counts), so an interrupted export
-resumes by skipping every shard whose ``.done.json`` exists and redoing the rest. Each shard is
-built in memory (one shard at a time) and written to a temp file, then renamed.
+resumes by skipping every shard whose ``.done.json`` exists and redoing the rest. Each marker holds
+the fingerprint of its slice's ids (:func:`ids_fingerprint`): when the input changed since (a row
+inserted, removed or reordered), a shard whose ids no longer match is redone, so a resume never
+duplicates or drops a record. Each shard is built in memory (one shard at a time) and written to a
+temp file, then renamed.
 
 Schema (one row per record; other parts of the project depend on it):
 ``record_id`` str, ``dataset`` str, ``subject_id`` str|null, ``fold`` int|null, ``age``
@@ -23,10 +26,12 @@ list<str> (leads zero-filled by the reader or preprocessing; empty for complete 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,9 @@ SCHEMA = pa.schema([
     ("missing_leads", pa.list_(pa.string())),
 ])
 SCHEMA_VERSION = 1
+# export_config.json keys that describe the input rather than the settings: they may change on resume
+_INPUT_KEYS = ("n_ids", "first_id", "last_id")
+_SHARD_FILE = re.compile(r"^shard-(\d{5,})\.(?:parquet|done\.json)$")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -71,6 +79,23 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _atomic_write_json(path: Path, value: Any) -> None:
     _atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def ids_fingerprint(record_ids: Sequence[str]) -> str:
+    """sha256 of an ordered id list: stored with each finished shard/part, so that a resume can tell
+    whether the input still holds the same records at those positions."""
+    return hashlib.sha256(json.dumps(list(record_ids), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def made_from(record_ids: Sequence[str], rows: Sequence[str], skipped: Sequence[str]) -> bool:
+    """Whether output holding ``rows`` (in order) plus ``skipped`` was made from exactly ``record_ids``.
+
+    For shards/parts written before fingerprints were stored: their content still says which
+    records they cover, which is enough to keep the ones that match and redo the rest.
+    """
+    left_out = set(skipped)
+    return (sorted([*rows, *skipped]) == sorted(record_ids)
+            and list(rows) == [record_id for record_id in record_ids if record_id not in left_out])
 
 
 def records_to_table(records: list[ECGRecord]) -> pa.Table:
@@ -119,8 +144,9 @@ def export_reader(
 ) -> dict[str, Any]:
     """Write ``reader``'s records (first ``limit`` ids) to ``out_dir``; return the manifest.
 
-    Resumable: re-running with the same settings redoes only unfinished shards; running with
-    different settings into a folder that holds another export raises ``ValueError``.
+    Resumable: re-running with the same settings redoes only unfinished shards and shards whose
+    record ids changed in the input since; running with different settings into a folder that
+    holds another export raises ``ValueError``.
     """
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
@@ -141,21 +167,26 @@ def export_reader(
         "last_id": record_ids[-1] if record_ids else None,
     }
     config_path = out / "export_config.json"
-    if config_path.is_file():
-        previous = json.loads(config_path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(config)):
-            raise ValueError(f"{out} holds an export with other settings ({config_path}); use an empty folder")
-    else:
+    config = json.loads(json.dumps(config))
+    previous = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+    if previous is not None and _settings(previous) != _settings(config):
+        raise ValueError(f"{out} holds an export with other settings ({config_path}); use an empty folder")
+    if previous != config:  # new, or the input changed since: each shard checks its own ids below
         _atomic_write_json(config_path, config)
 
-    n_shards = (len(record_ids) + shard_size - 1) // shard_size
+    slices = [record_ids[start:start + shard_size] for start in range(0, len(record_ids), shard_size)]
+    n_shards = len(slices)
+    kept = {shard for shard, ids in enumerate(slices) if _shard_made_from(out, shard, ids)}
+    if len(kept) < n_shards:  # a manifest of an earlier run would name shards about to change
+        (out / "manifest.json").unlink(missing_ok=True)
+    _remove_shards_from(out, n_shards)  # an earlier, longer input's tail
     bar = tqdm(total=len(record_ids), desc=f"export {reader.name}", unit="rec", disable=not progress)
-    for shard in range(n_shards):
-        ids = record_ids[shard * shard_size:(shard + 1) * shard_size]
+    for shard, ids in enumerate(slices):
         marker = out / _shard_name(shard).replace(".parquet", ".done.json")
-        if marker.is_file():
+        if shard in kept:
             bar.update(len(ids))
             continue
+        marker.unlink(missing_ok=True)  # unfinished, or made from other records than the input now holds
         records: list[ECGRecord] = []
         skipped: list[Skip] = []
         for record_id in ids:
@@ -170,8 +201,12 @@ def export_reader(
             temporary = out / f".{parquet.name}.tmp"
             pq.write_table(records_to_table(records), temporary)
             os.replace(temporary, parquet)
+        else:
+            parquet.unlink(missing_ok=True)
         _atomic_write_json(marker, {
             "shard": parquet.name if records else None,
+            "n_ids": len(ids),
+            "ids_sha256": ids_fingerprint(ids),
             "n_rows": len(records),
             "skipped": [{"record": s.record, "reason": s.reason} for s in skipped],
             "shapes": sorted({tuple(r.signal.shape) for r in records}),  # type: ignore[union-attr]
@@ -179,6 +214,34 @@ def export_reader(
         })
     bar.close()
     return _finish(out, config, n_shards)
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of export_config.json that must match to resume (not the input's size or ends)."""
+    return {key: value for key, value in config.items() if key not in _INPUT_KEYS}
+
+
+def _shard_made_from(out: Path, shard: int, record_ids: list[str]) -> bool:
+    """Whether shard ``shard`` is finished and covers exactly ``record_ids`` (the input may have changed)."""
+    marker = out / _shard_name(shard).replace(".parquet", ".done.json")
+    if not marker.is_file():
+        return False
+    done = json.loads(marker.read_text(encoding="utf-8"))
+    if done["shard"] and not (out / done["shard"]).is_file():
+        return False
+    if "ids_sha256" in done:
+        return done["ids_sha256"] == ids_fingerprint(record_ids)
+    rows = pq.read_table(out / done["shard"], columns=["record_id"]).column("record_id").to_pylist() \
+        if done["shard"] else []
+    return made_from(record_ids, rows, [skip["record"] for skip in done["skipped"]])
+
+
+def _remove_shards_from(out: Path, first: int) -> None:
+    """Delete shard files numbered ``first`` and above, so no stale shard outlives a shorter input."""
+    for path in out.glob("shard-*"):
+        match = _SHARD_FILE.match(path.name)
+        if match and int(match.group(1)) >= first:
+            path.unlink()
 
 
 def _common(values: list[Any]) -> Any:

@@ -237,6 +237,8 @@ class PTBXLReader(DatasetReader):
         relative = record.extra.get(column, "").strip()
         if not relative:
             raise RecordError(record_id, f"no {self.rate} Hz signal listed ({column} is empty)")
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:  # the CSV is input too
+            raise RecordError(record_id, f"{column} {relative!r} points outside the dataset folder; refused")
         path = self.signal_root / relative
         for suffix in (".hea", ".dat"):
             if not path.with_suffix(suffix).is_file():

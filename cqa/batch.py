@@ -8,8 +8,11 @@ Layout of an output folder ``OUT``::
 
 Each part is written to a hidden temporary file and renamed into place, so after a kill at any
 moment a part is either complete or absent. The done-set is the set of parts present: a re-run skips
-them and recomputes only the rest, so no row is lost or duplicated. Unreadable records are recorded
-in their part's Parquet metadata (key ``cqa``) with the reason, never dropped silently.
+them and recomputes only the rest, so no row is lost or duplicated. Each part's Parquet metadata
+(key ``cqa``) holds the fingerprint of the record ids it was made from (``ids_sha256``): when the
+input changed since (a row inserted, removed or reordered), a part whose ids no longer match the
+input's ids at its positions is recomputed, and the parts that still match are kept. Unreadable
+records are recorded in that metadata with the reason, never dropped silently.
 
 Load the result with ``datasets.load_dataset("parquet", data_files=f"{OUT}/data/*.parquet")`` or
 :func:`read_captions`.
@@ -18,6 +21,7 @@ Load the result with ``datasets.load_dataset("parquet", data_files=f"{OUT}/data/
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -30,8 +34,11 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from corpora.base import DatasetReader, RecordError
+from corpora.export import ids_fingerprint, made_from
 
 from .caption import Captioner
+
+log = logging.getLogger(__name__)
 
 PART_RE = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
 METADATA_KEY = b"cqa"
@@ -89,6 +96,15 @@ def existing_parts(data_dir: Path) -> dict[tuple[int, int], Path]:
     return parts
 
 
+def _part_made_from(path: Path, record_ids: list[str]) -> bool:
+    """Whether a finished part was made from exactly ``record_ids`` (the input may have changed since)."""
+    meta = json.loads((pq.read_schema(path).metadata or {}).get(METADATA_KEY, b"{}"))
+    if "ids_sha256" in meta:
+        return meta["ids_sha256"] == ids_fingerprint(record_ids)
+    rows = pq.read_table(path, columns=["record_id"]).column("record_id").to_pylist()  # a part from before
+    return made_from(record_ids, rows, [skip["record"] for skip in meta.get("skipped", [])])
+
+
 def _check_run(out: Path, config: Mapping[str, Any]) -> None:
     run_file = out / "run.json"
     content = {k: config.get(k) for k in CONTENT_KEYS}
@@ -118,6 +134,17 @@ def run_batch(reader: DatasetReader, captioner: Captioner, out: str | Path, *, c
     if limit is not None:
         record_ids = record_ids[:limit]
     chunks = [(start, min(start + chunk_size, len(record_ids))) for start in range(0, len(record_ids), chunk_size)]
+    wanted = set(chunks)
+    changed = 0
+    # Before any new part is written, so that the parts present never overlap or mix two inputs:
+    for (start, stop), path in existing_parts(data_dir).items():
+        if (start, stop) not in wanted:  # a part of an earlier, shorter --limit or other input
+            path.unlink()
+        elif not _part_made_from(path, record_ids[start:stop]):
+            log.warning("%s was made from other records than the input now holds at positions [%d, %d); "
+                        "recomputing it", path.name, start, stop)
+            path.unlink()
+            changed += 1
     done = existing_parts(data_dir)
     todo = [c for c in chunks if c not in done]
     resumed_rows = sum(stop - start for start, stop in chunks if (start, stop) in done)
@@ -134,15 +161,11 @@ def run_batch(reader: DatasetReader, captioner: Captioner, out: str | Path, *, c
                     rows.append(captioner.caption_record(record).to_row())
                 bar.update(1)
             meta = {"start": start, "stop": stop, "record_ids": [record_ids[start], record_ids[stop - 1]],
-                    "skipped": skipped}
+                    "ids_sha256": ids_fingerprint(record_ids[start:stop]), "skipped": skipped}
             _write_part(data_dir / f"part-{start:08d}-{stop:08d}.parquet", rows, meta)
-    wanted = set(chunks)
-    for key, path in existing_parts(data_dir).items():  # parts of an earlier, shorter --limit
-        if key not in wanted:
-            path.unlink()
     summary = summarise(out)
-    summary.update(resumed_rows=resumed_rows, computed_chunks=len(todo), stats=dict(captioner.stats),
-                   model_id=captioner.model_id)
+    summary.update(resumed_rows=resumed_rows, computed_chunks=len(todo), changed_input_chunks=changed,
+                   stats=dict(captioner.stats), model_id=captioner.model_id)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     return summary
 
