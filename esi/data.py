@@ -224,7 +224,12 @@ def read_captions(path: str | Path, text_column: str = "caption", with_views: bo
             if codes is not None:
                 finding_sets[record_id] = codes
             if with_views and "findings" in row:
-                records[record_id] = record_text({**row, "caption": row.get("caption") or texts[record_id]})
+                # the view's "caption" is the trained text column (label_text for the no-CQA ablation), and
+                # that ablation gets no CQA waveform descriptions either
+                record = {**row, "caption": texts[record_id]}
+                if text_column != "caption":
+                    record["sources"] = None
+                records[record_id] = record_text(record)
     return CaptionTable(texts, folds, empty, finding_sets if have_findings else None, records, labels=labels, terms=terms)
 
 
