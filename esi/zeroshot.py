@@ -37,8 +37,8 @@ from esi.labelsets import LabelSet
 
 CLASS_TEXTS = ("templates", "knowledge", "views", "mean")
 CALIBRATIONS = ("raw", "centre", "zscore", "softmax")
-DEFAULT_CLASS_TEXT = "mean"
-DEFAULT_CALIBRATION = "centre"
+DEFAULT_CLASS_TEXT = "views"
+DEFAULT_CALIBRATION = "raw"
 
 
 class TextEncoder(Protocol):

@@ -22,7 +22,15 @@ def test_main_job_runs_every_step_then_skips_them(shared_data: Path, tmp_path: P
     assert "## Text→ECG" in report and "## ECG→text" in report
     zeroshot = json.loads((run_dir / "zeroshot_superclass.json").read_text(encoding="utf-8"))
     assert zeroshot["n_records"] == 158  # fold 9 of ptbxl-mini
-    assert 0.0 <= zeroshot["macro_auc"] <= 1.0
+    per_class = [row["auc"] for row in zeroshot["per_class"].values() if row["auc"] is not None]
+    assert zeroshot["macro_auc"] == pytest.approx(sum(per_class) / len(per_class))
+    assert (zeroshot["class_text"], zeroshot["calibration"]) == ("views", "raw")
+    assert "## Text→ECG: fold-9 records matching “normal ECG”" in report
+    assert report.count("| precision@5 | chance |") == 1 and "| normal ECG | " in report
+    val = [json.loads(line) for line in (run_dir / "model" / "metrics.jsonl").read_text().splitlines()
+           if '"event": "val"' in line]
+    assert {"val_zeroshot_superclass_auc", "val_ref_caption_centroid_auc", "val_ref_ecg_prototype_auc"} <= set(val[-1])
+    assert (run_dir / "model" / "best" / "checkpoint.json").exists()
     summary = json.loads((run_dir / "captions" / "summary.json").read_text(encoding="utf-8"))
     assert summary["rows"] == 1025 and summary["finding_sources"].get("llm", 0) == 0
     assert (run_dir / "model" / "final" / "model.safetensors").exists()
