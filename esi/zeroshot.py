@@ -91,7 +91,24 @@ def knowledge_descriptions(labelset: LabelSet, max_entries: int = 3) -> dict[str
     return out
 
 
-def member_names(labelset: LabelSet, prior: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
+def class_codes(labelset: LabelSet, terms: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, set[str]]:
+    """Per class id, its native codes: the resolved ones, else (a PTB-XL set used without
+    scp_statements.csv, e.g. by the API) those the model's training labels place in it (``terms``:
+    code -> hierarchy names, from ``label_prior.json``)."""
+    column = labelset.membership.get("column")
+    out: dict[str, set[str]] = {}
+    for cls in labelset.classes:
+        codes = {c for codes in cls.codes.values() for c in codes}
+        if not codes and labelset.membership.get("kind") == "scp_column" and terms:
+            codes = {code for code, names in terms.items() if names.get(column) == cls.id}
+        elif not codes and labelset.membership.get("kind") == "scp_statement":
+            codes = {cls.id}
+        out[cls.id] = codes
+    return out
+
+
+def member_names(labelset: LabelSet, prior: Mapping[str, float] | None = None,
+                 terms: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, float]]:
     """Per class id, its member findings' names (knowledge-entry names) -> weight.
 
     The weight of a member is how often its codes occurred in the model's training folds (``prior``:
@@ -101,10 +118,11 @@ def member_names(labelset: LabelSet, prior: Mapping[str, float] | None = None) -
 
     index, entries = code_index(), entry_by_id()
     prior = prior or {}
+    codes_of = class_codes(labelset, terms)
     out: dict[str, dict[str, float]] = {}
     for cls in labelset.classes:
         counts: dict[str, float] = {}
-        for codes in cls.codes.values():
+        for codes in (sorted(codes_of[cls.id]),):
             for code in codes:
                 for entry_id in index.get(code, [])[:1]:
                     name = entries[entry_id].name
@@ -179,11 +197,12 @@ class ZeroShotClassifier:
     def build(
         cls, model: TextEncoder, labelset: LabelSet, templates: str | Sequence[str] = "ecg",
         *, use_knowledge: bool = False, class_text: str | None = None, calibration: str = "raw",
-        prior: Mapping[str, float] | None = None,
+        prior: Mapping[str, float] | None = None, terms: Mapping[str, Mapping[str, str]] | None = None,
     ) -> ZeroShotClassifier:
         """Class embeddings from ``class_text`` (``use_knowledge`` alone means ``knowledge``, as before).
 
-        ``prior``: the model's training-fold code counts (``label_prior.json``), used by ``views``.
+        ``prior``/``terms``: the model's training-fold code counts and each code's hierarchy names
+        (``label_prior.json``), used by ``views``.
         """
         class_text = class_text or ("knowledge" if use_knowledge else "templates")
         if class_text not in CLASS_TEXTS:
@@ -192,7 +211,7 @@ class ZeroShotClassifier:
         template_list = load_templates(templates) if isinstance(templates, str) else list(templates)
         wanted = {"templates", "knowledge", "views"} if class_text == "mean" else {class_text}
         descriptions = knowledge_descriptions(labelset) if wanted & {"knowledge"} else {}
-        members = member_names(labelset, prior) if "views" in wanted else {}
+        members = member_names(labelset, prior, terms) if "views" in wanted else {}
         # text -> weight, per class and per kind of class text
         texts: dict[str, dict[str, dict[str, float]]] = {c.id: {} for c in labelset.classes}
         for c in labelset.classes:

@@ -187,7 +187,8 @@ class Backend:
                 labelset: LabelSet = self._labelsets[key]
                 self._classifiers[key] = ZeroShotClassifier.build(
                     self.inference.model, labelset, "ecg", class_text=DEFAULT_CLASS_TEXT,
-                    calibration=DEFAULT_CALIBRATION, prior=self.inference.label_prior)
+                    calibration=DEFAULT_CALIBRATION, prior=self.inference.label_prior,
+                    terms=self.inference.label_prior_document.get("terms"))
             return self._classifiers[key]
 
     # ---- meta ----------------------------------------------------------------------------------------

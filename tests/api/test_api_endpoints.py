@@ -172,13 +172,15 @@ def test_record_plot_rejects_unknown_format(client, api_env):
 
 def test_classify_wfdb_upload_matches_direct_zero_shot(client, inference, ptbxl_root):
     from esi.labelsets import load_labelset
-    from esi.zeroshot import ZeroShotClassifier
+    from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
 
     response = client.post("/api/classify", files=_multipart(_wfdb_files(ptbxl_root)), params={"top_k": 5})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["ecg"]["format"] == "wfdb" and body["ecg"]["name"] == "00001_lr"
-    classifier = ZeroShotClassifier.build(inference.model, load_labelset("ptbxl_superclass"), "ecg")
+    classifier = ZeroShotClassifier.build(inference.model, load_labelset("ptbxl_superclass"), "ecg",
+                                          class_text=DEFAULT_CLASS_TEXT, calibration=DEFAULT_CALIBRATION,
+                                          prior=inference.label_prior)
     direct = classifier.scores(_embed_record(inference, _signal(ptbxl_root), 100.0)[None])[0]
     got = {s["class"]: s["score"] for s in body["scores"]}
     assert got == pytest.approx(dict(zip(classifier.class_ids, direct.tolist())), abs=1e-4)

@@ -95,3 +95,16 @@ def test_query_embedding_modes(model_dir: Path) -> None:
     assert np.isclose(np.linalg.norm(views), 1.0, atol=1e-5) and not np.allclose(views, raw)
     free = "wide QRS with M-shaped complex in V1"
     assert np.allclose(inference.query_embedding(free, "views"), inference.query_embedding(free, "raw"), atol=1e-6)
+
+
+def test_unresolved_ptbxl_set_takes_its_members_from_the_models_label_terms() -> None:
+    """The API has no scp_statements.csv: the model's label_prior.json terms place codes in classes."""
+    from esi.zeroshot import class_codes, member_names
+
+    labelset = load_labelset("superclass")
+    terms = {"CRBBB": {"diagnostic_class": "CD"}, "CLBBB": {"diagnostic_class": "CD"},
+             "NORM": {"diagnostic_class": "NORM"}, "SR": {"description": "sinus rhythm"}}
+    codes = class_codes(labelset, terms)
+    assert codes["CD"] == {"CRBBB", "CLBBB"} and codes["NORM"] == {"NORM"} and codes["HYP"] == set()
+    names = member_names(labelset, {"CRBBB": 3.0, "CLBBB": 1.0}, terms)["CD"]
+    assert names == {"Complete right bundle branch block": 3.0, "Complete left bundle branch block": 1.0}
