@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -106,6 +106,17 @@ class ECGRecord:
     def shape(self) -> tuple[int, ...] | None:
         return None if self.signal is None else tuple(self.signal.shape)
 
+    @property
+    def notes(self) -> list[str]:
+        """What reading changed or assumed (zero-filled or derived leads, units), for the user to see."""
+        return list(self.extra.get("notes", []))
+
+
+def add_notes(record: ECGRecord, notes: Sequence[str]) -> None:
+    """Append ``notes`` to ``record.extra["notes"]`` (kept once each, in order)."""
+    if notes:
+        record.extra["notes"] = list(dict.fromkeys([*record.extra.get("notes", []), *notes]))
+
 
 @dataclass
 class Skip:
@@ -113,6 +124,123 @@ class Skip:
 
     record: str
     reason: str
+
+
+# A lead whose peak-to-peak is under this is an electrode that recorded nothing (a real lead moves by
+# tenths of a millivolt; PTB-XL's resolution is 0.001 mV), and a lead straying further than this from its
+# median is a wrong gain or unit (surface ECGs stay well under 20 mV; the largest in PTB-XL/CinC is ~12).
+FLAT_PTP_MV = 0.005
+MAX_PEAK_MV = 20.0
+
+
+def _leads_phrase(leads: list[str]) -> str:
+    return ("lead " if len(leads) == 1 else "leads ") + ", ".join(leads)
+
+
+@dataclass
+class SignalCheck:
+    """What :func:`check_signal` did to a ``(12, T)`` signal, in words (``notes``) and in lead lists."""
+
+    signal: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)  # not in the file, zero-filled
+    flat: list[str] = field(default_factory=list)  # peak-to-peak under FLAT_PTP_MV, zero-filled
+    all_nan: list[str] = field(default_factory=list)  # no finite sample, zero-filled
+    nan_samples: dict[str, int] = field(default_factory=dict)  # lead -> NaN samples (repaired or left)
+
+    @property
+    def zero_filled(self) -> list[str]:
+        """Every lead this check (or its caller, ``absent``) zero-filled, in the standard order."""
+        filled = set(self.absent) | set(self.flat) | set(self.all_nan)
+        return [lead for lead in STANDARD_LEADS if lead in filled]
+
+    def reasons(self) -> list[str]:
+        """``["V2 all-NaN", "V3 flat"]``: one reason per zero-filled lead, in the standard order."""
+        why = {lead: "absent" for lead in self.absent} | {lead: "all-NaN" for lead in self.all_nan}
+        why |= {lead: "flat" for lead in self.flat}
+        return [f"{lead} {why[lead]}" for lead in self.zero_filled]
+
+
+def check_signal(
+    signal: np.ndarray,
+    record_id: str,
+    *,
+    absent: Sequence[str] = (),
+    zero_filled: Sequence[str] = (),
+    repair_nan: bool = True,
+    require_usable: bool = True,
+) -> SignalCheck:
+    """The one sanity check every path (readers, uploads, :func:`esi.inference.fit_to_model`) runs on a
+    ``(12, T)`` millivolt signal in :data:`STANDARD_LEADS` order, so bad input never passes silently.
+
+    - leads named in ``absent`` (not in the file), flat or near-flat leads (peak-to-peak under
+      :data:`FLAT_PTP_MV`) and all-NaN leads become zeros, each kind with a note;
+      ``zero_filled`` names leads a caller already zero-filled and noted (skipped without a new note);
+    - partial NaN (or infinite) runs are linearly interpolated with a note giving the count per lead
+      (``repair_nan``; readers leave them for preprocessing, which records them);
+    - a lead straying more than :data:`MAX_PEAK_MV` from its median (a wrong gain or unit) is an error;
+    - so is a signal with no usable lead left (``require_usable``).
+
+    Returns a :class:`SignalCheck` with a float32 copy (the input is not modified); raises
+    :class:`RecordError` naming the record and the leads.
+    """
+    data = np.array(signal, dtype=np.float32)
+    if data.ndim != 2 or data.shape[0] != len(STANDARD_LEADS):
+        raise RecordError(record_id, f"expected a (12, T) signal in the standard lead order, got shape {data.shape}")
+    if data.shape[1] == 0:
+        raise RecordError(record_id, "signal has no samples")
+    unknown = sorted(set(absent) - set(STANDARD_LEADS))
+    if unknown:
+        raise RecordError(record_id, f"unknown lead name(s) {unknown} among the absent leads")
+    check = SignalCheck(data, absent=[lead for lead in STANDARD_LEADS if lead in set(absent)])
+    skip = set(absent) | set(zero_filled)
+    too_large: dict[str, float] = {}
+    usable = 0
+    for index, lead in enumerate(STANDARD_LEADS):
+        values = data[index]
+        if lead in skip:
+            values[:] = 0.0
+            continue
+        finite = np.isfinite(values)
+        if not finite.any():
+            check.all_nan.append(lead)
+            values[:] = 0.0
+            continue
+        real = values[finite].astype(np.float64)
+        if real.max() - real.min() < FLAT_PTP_MV:
+            check.flat.append(lead)
+            values[:] = 0.0
+            continue
+        usable += 1
+        peak = float(np.abs(real - np.median(real)).max())
+        if peak > MAX_PEAK_MV:
+            too_large[lead] = peak
+        if not finite.all():
+            check.nan_samples[lead] = int((~finite).sum())
+            if repair_nan:
+                positions = np.arange(values.size)
+                values[:] = np.interp(positions, positions[finite], values[finite])
+    if too_large:
+        leads = list(too_large)
+        raise RecordError(
+            record_id,
+            f"{_leads_phrase(leads)} stray{'s' if len(leads) == 1 else ''} up to {max(too_large.values()):.1f} mV "
+            f"from the median, beyond the {MAX_PEAK_MV:g} mV an ECG reaches: wrong gain or units?",
+        )
+    groups = [(check.absent, "missing"), (check.all_nan, "all NaN"),
+              (check.flat, f"flat (peak-to-peak under {FLAT_PTP_MV:g} mV)")]
+    if require_usable and not usable:
+        described = [f"{_leads_phrase(leads)} {why}" for leads, why in groups if leads]
+        already = [lead for lead in STANDARD_LEADS if lead in set(zero_filled) - set(check.absent)]
+        if already:
+            described.insert(0, f"{_leads_phrase(already)} zero-filled before")
+        raise RecordError(record_id, "no usable lead: " + "; ".join(described))
+    check.notes = [f"{_leads_phrase(leads)} {why}, zero-filled" for leads, why in groups if leads]
+    if check.nan_samples and repair_nan:
+        counts = ", ".join(f"{lead} {count}" for lead, count in check.nan_samples.items())
+        check.notes.append(
+            f"repaired {sum(check.nan_samples.values())} NaN samples by linear interpolation ({counts})")
+    return check
 
 
 def arrange_leads(
@@ -124,11 +252,27 @@ def arrange_leads(
 ) -> tuple[np.ndarray, list[str]]:
     """Reorder a ``(n_leads, T)`` signal to :data:`STANDARD_LEADS` as float32 and validate it.
 
-    Leads that are absent from the header, or present but all-NaN or perfectly flat (an
-    electrode that recorded nothing), count as *missing*: they raise :class:`RecordError`
+    Leads that are absent from the header, or present but all-NaN or flat (an electrode that
+    recorded nothing; see :func:`check_signal`), count as *missing*: they raise :class:`RecordError`
     unless ``allow_missing_leads``, in which case they become zeros and are returned in the
-    missing list, so a filled lead is never mistaken for a recorded one.
+    missing list, so a filled lead is never mistaken for a recorded one. Partial NaN runs are kept
+    (preprocessing repairs and records them).
     """
+    check = standardise_leads(record_id, signal, lead_names)
+    if not allow_missing_leads:
+        refuse_zero_filled(record_id, check)
+    return check.signal, check.zero_filled
+
+
+def refuse_zero_filled(record_id: str, check: SignalCheck) -> None:
+    """The readers' default: any lead the check zero-filled (absent, all-NaN, flat) is a RecordError."""
+    if check.zero_filled:
+        raise RecordError(record_id, "missing or empty leads: " + ", ".join(check.reasons()))
+
+
+def standardise_leads(record_id: str, signal: np.ndarray, lead_names: Sequence[str]) -> SignalCheck:
+    """Reorder a ``(n_leads, T)`` signal with header lead names to the standard order and run
+    :func:`check_signal` on it (absent leads zero-filled and noted, NaN left for preprocessing)."""
     if signal.ndim != 2 or signal.shape[0] != len(lead_names):
         raise RecordError(
             record_id, f"signal shape {signal.shape} does not match {len(lead_names)} header leads"
@@ -144,27 +288,11 @@ def arrange_leads(
             raise RecordError(record_id, f"lead {lead} appears twice in the header")
         rows[lead] = index
     out = np.zeros((len(STANDARD_LEADS), signal.shape[1]), dtype=np.float32)
-    missing: list[str] = []
-    reasons: list[str] = []
     for position, lead in enumerate(STANDARD_LEADS):
-        if lead not in rows:
-            missing.append(lead)
-            reasons.append(f"{lead} absent")
-            continue
-        values = np.asarray(signal[rows[lead]], dtype=np.float32)
-        finite = np.isfinite(values)
-        if not finite.any():
-            missing.append(lead)
-            reasons.append(f"{lead} all-NaN")
-            continue
-        if np.ptp(values[finite]) == 0:
-            missing.append(lead)
-            reasons.append(f"{lead} flat")
-            continue
-        out[position] = values
-    if missing and not allow_missing_leads:
-        raise RecordError(record_id, "missing or empty leads: " + ", ".join(reasons))
-    return out, missing
+        if lead in rows:
+            out[position] = np.asarray(signal[rows[lead]], dtype=np.float32)
+    absent = [lead for lead in STANDARD_LEADS if lead not in rows]
+    return check_signal(out, record_id, absent=absent, repair_nan=False)
 
 
 # Bytes per sample of the formats whose .dat size the header fixes (212 packs 2 samples in 3 bytes).
@@ -199,7 +327,9 @@ def parse_wfdb_header(text: str, record_id: str) -> WfdbHeader:
 
     Accepts what ``wfdb.rdheader`` rejects in some CinC files (a record name carrying ".mat").
     Gain fields look like ``1000``, ``1000/mV`` or ``1000.0(0)/mV``; a missing baseline is the
-    ADC zero and a zero gain means WFDB's default 200, as in the WFDB spec.
+    ADC zero. A gain of 0 or no gain field is a :class:`RecordError`: the WFDB spec reads both as
+    200 ADC units/mV, a guess that is wrong for most 12-lead data (PTB-XL's gain is 1000, so a
+    zeroed gain would scale every amplitude 5x with nothing to show for it).
     """
     lines = [line.strip() for line in text.splitlines()]
     comments = [line.lstrip("#").strip() for line in lines if line.startswith("#")]
@@ -219,19 +349,27 @@ def parse_wfdb_header(text: str, record_id: str) -> WfdbHeader:
     if len(signal_lines) != n_sig:
         raise RecordError(record_id, f"header announces {n_sig} signals but has {len(signal_lines)} signal lines")
     header = WfdbHeader(n_sig, fs, sig_len, [], [], [], [], [], [], comments, record_tokens=fields)
+    no_gain: list[str] = []
     for line in signal_lines:
         parts = line.split()
         header.signal_tokens.append(parts)
         if len(parts) < 2:
             raise RecordError(record_id, f"bad header signal line {line!r}")
-        gain, baseline, units = 200.0, None, "mV"
+        gain, baseline, units = 0.0, None, "mV"
         if len(parts) > 2:
             match = _GAIN_FIELD.match(parts[2])
             if match is None:
                 raise RecordError(record_id, f"bad gain field {parts[2]!r} in header")
-            gain = float(match["gain"]) or 200.0
+            try:
+                gain = float(match["gain"])
+            except ValueError as err:
+                raise RecordError(record_id, f"bad gain field {parts[2]!r} in header") from err
+            if not np.isfinite(gain):
+                raise RecordError(record_id, f"gain {parts[2]!r} in header is not a finite number")
             baseline = int(match["baseline"]) if match["baseline"] is not None else None
             units = match["units"] or "mV"
+        if gain == 0:
+            no_gain.append(" ".join(parts[8:]) if len(parts) > 8 else f"sig{len(header.lead_names)}")
         try:
             adc_zero = int(parts[4]) if len(parts) > 4 else 0
         except ValueError as err:
@@ -242,6 +380,12 @@ def parse_wfdb_header(text: str, record_id: str) -> WfdbHeader:
         header.baselines.append(adc_zero if baseline is None else baseline)
         header.units.append(units)
         header.lead_names.append(" ".join(parts[8:]) if len(parts) > 8 else f"sig{len(header.lead_names)}")
+    if no_gain:
+        raise RecordError(
+            record_id,
+            f"header gain 0 or missing for {_leads_phrase(no_gain)}: WFDB would assume its default of "
+            "200 ADC units/mV, only a guess (PTB-XL records use 1000/mV); write the real gain into the header",
+        )
     return header
 
 
@@ -411,11 +555,15 @@ class DatasetReader(ABC):
             raise FileNotFoundError(f"{self.name}: dataset root {self.root} is not a directory")
 
     def _attach_signal(self, record: ECGRecord, signal: np.ndarray, lead_names: list[str]) -> None:
-        """Put ``signal`` on ``record`` in the standard lead order, noting any zero-filled leads."""
-        record.signal, record.missing_leads = arrange_leads(
-            record.record_id, signal, lead_names, allow_missing_leads=self.allow_missing_leads)
+        """Put ``signal`` on ``record`` in the standard lead order (:func:`check_signal`), noting any
+        zero-filled leads in ``missing_leads``, ``extra["zero_filled_leads"]`` and ``extra["notes"]``."""
+        check = standardise_leads(record.record_id, signal, lead_names)
+        if not self.allow_missing_leads:
+            refuse_zero_filled(record.record_id, check)
+        record.signal, record.missing_leads = check.signal, check.zero_filled
         if record.missing_leads:
             record.extra["zero_filled_leads"] = list(record.missing_leads)
+        add_notes(record, check.notes)
 
     @abstractmethod
     def record_ids(self) -> list[str]:

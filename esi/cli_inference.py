@@ -264,10 +264,29 @@ def _run_search(args: argparse.Namespace) -> int:
 
 # ---- retrieve / caption (one record) ---------------------------------------------------------------
 
+RECORD_HELP = ("ECG file: WFDB record (path without extension, or .hea), CinC .hea/.mat, EDF/BDF (.edf), DICOM "
+               "waveform (.dcm), HL7 aECG or GE MUSE XML (.xml), CSV with a header row of lead names (.csv), "
+               ".npy (12, T) mV array or .json {signal, sampling_rate}")
+
+
+def _add_sampling_rate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampling-rate", type=float, metavar="HZ",
+                   help="the record's sampling rate, for files that do not carry one (CSV without a time column, "
+                   ".npy); for the others it must match the file's own rate")
+
+
+def _prepare_record(inference, args: argparse.Namespace):
+    """Read --record (with --sampling-rate) and fit it to the model; the notes say what was changed."""
+    from esi.inference import load_record
+
+    return inference.prepare(load_record(args.record, sampling_rate=args.sampling_rate))
+
+
 def _add_retrieve(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("retrieve", help="the texts (knowledge passages or captions) closest to one ECG")
     p.add_argument("--model", required=True)
-    p.add_argument("--record", required=True, help="WFDB record path (without extension, .hea) or CinC .hea/.mat")
+    p.add_argument("--record", required=True, help=RECORD_HELP)
+    _add_sampling_rate(p)
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--texts", default="knowledge", help="'knowledge' (the knowledge corpus passages) or a "
                    ".txt (one text per line) / .jsonl (caption or text field) file of captions")
@@ -293,7 +312,7 @@ def _run_retrieve(args: argparse.Namespace) -> int:
     inference = ESIInference(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = inference.prepare_path(args.record)
+        prepared = _prepare_record(inference, args)
     items = knowledge_texts() if args.texts == "knowledge" else file_texts(args.texts)
     if args.collection:
         collection = open_collection(_location(args), args.collection, kind="text", inference=inference,
@@ -323,7 +342,8 @@ def _print_notes(prepared, caught) -> None:
 def _add_caption(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("caption", help="draft a caption for one ECG with the model's decoder")
     p.add_argument("--model", required=True)
-    p.add_argument("--record", required=True, help="WFDB record path (without extension, .hea) or CinC .hea/.mat")
+    p.add_argument("--record", required=True, help=RECORD_HELP)
+    _add_sampling_rate(p)
     p.add_argument("--method", choices=["greedy", "beam"], default="greedy")
     p.add_argument("--beams", type=int, default=3, help="beam width for --method beam")
     p.add_argument("--max-len", type=int, help="maximum caption length in tokens")
@@ -337,7 +357,7 @@ def _run_caption(args: argparse.Namespace) -> int:
     inference = ESIInference(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = inference.prepare_path(args.record)
+        prepared = _prepare_record(inference, args)
     if inference.model.decoder is None:
         raise ValueError(f"model {args.model} has no caption decoder (trained with caption_weight 0)")
     caption = inference.caption(prepared.signal, method=args.method, num_beams=args.beams, max_len=args.max_len)[0]

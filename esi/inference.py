@@ -7,9 +7,15 @@ Input rules (so a user never gets a silently wrong answer):
 - a record at another sampling rate than the model's is resampled and the returned :class:`PreparedECG` says so in ``notes`` (a :class:`ResampledWarning` is emitted);
 - a record longer than the model's window is cropped to its first ``n_samples``, a shorter one is
   zero-padded at the end; both are noted;
-- a record lacking any of the 12 standard leads is rejected with :class:`InputError` naming them;
-- a record path may be a WFDB record (``PATH`` without extension, ``PATH.hea``, ``PATH.dat``) or a
-  PhysioNet/CinC record (``PATH.hea`` + ``PATH.mat``, also ``PATH.mat``).
+- every signal goes through :func:`corpora.base.check_signal` first: flat, near-flat and all-NaN
+  leads are zero-filled, NaN runs interpolated, each with a note; no usable lead, or amplitudes no
+  ECG reaches (a wrong gain or unit), is an :class:`InputError`;
+- a record lacking any of the 12 standard leads in its file is rejected with :class:`InputError` naming them;
+- a record path may be a WFDB record (``PATH`` without extension, ``PATH.hea``, ``PATH.dat``), a
+  PhysioNet/CinC record (``PATH.hea`` + ``PATH.mat``, also ``PATH.mat``), an EDF/BDF, DICOM
+  12-lead waveform, HL7 aECG or GE MUSE XML, or CSV file (:mod:`corpora.formats`; a CSV needs
+  ``sampling_rate``), a ``.npy`` (12, T) millivolt array (needs ``sampling_rate``) or a ``.json``
+  ``{"signal", "sampling_rate"}`` document (as the HTTP API takes them).
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from corpora.base import STANDARD_LEADS, ECGRecord, RecordError, Skip
+from corpora.base import STANDARD_LEADS, ECGRecord, RecordError, Skip, check_signal
+from corpora.formats import FILE_SUFFIXES, read_ecg_file
 from esi.data import preprocess_signal
 from esi.zeroshot import embed_texts, to_numpy
 
@@ -69,8 +76,57 @@ def _signal_files(header: Path) -> list[str]:
     return names
 
 
-def load_record(path: str | Path) -> ECGRecord:
-    """Read one ECG from disk (WFDB or CinC .hea+.mat) with its header labels and demographics."""
+def load_record(path: str | Path, *, sampling_rate: float | None = None) -> ECGRecord:
+    """Read one ECG from disk with its labels and demographics; the format follows the extension.
+
+    ``sampling_rate`` (Hz) is needed for files that do not carry one (CSV, ``.npy``); for the
+    others it must agree with the file's own rate, so a wrong assumption is an error, not a resample.
+    Notes on what reading changed (derived or zero-filled leads) are in ``record.notes``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if sampling_rate is not None and not (math.isfinite(sampling_rate) and sampling_rate > 0):
+        raise InputError(f"{path.name}: sampling rate must be a positive number of Hz, got {sampling_rate!r}")
+    if suffix in FILE_SUFFIXES or suffix in (".npy", ".json"):
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        record = _read_single_file(path, suffix, sampling_rate)
+    else:
+        record = _read_wfdb_or_cinc(path)
+    rate = record.sampling_rate
+    if sampling_rate is not None and rate is not None and abs(rate - sampling_rate) > 1e-6:
+        raise InputError(f"{record.record_id}: the file gives its sampling rate as {rate:g} Hz; "
+                         f"the sampling rate given, {sampling_rate:g} Hz, contradicts it")
+    return record
+
+
+def _read_single_file(path: Path, suffix: str, sampling_rate: float | None) -> ECGRecord:
+    """One-file formats: :mod:`corpora.formats` readers, and .npy/.json through the API's own parsers."""
+    if suffix in FILE_SUFFIXES:
+        try:
+            return read_ecg_file(path, sampling_rate=sampling_rate)
+        except RecordError as err:
+            raise InputError(str(err)) from err
+    from esi.api.uploads import UploadError, parse_json_signal, parse_npy
+
+    if suffix == ".npy" and sampling_rate is None:
+        raise InputError(f"{path.stem}: {path.name} is a bare array with no sampling rate; give one "
+                         "(--sampling-rate HZ)")
+    try:
+        data = path.read_bytes()
+        parsed = (parse_npy(path.name, data, sampling_rate, math.inf) if suffix == ".npy"
+                  else parse_json_signal(data, math.inf))
+    except OSError as err:
+        raise InputError(f"{path.stem}: cannot read {path.name}: {err}") from err
+    except UploadError as err:
+        message = err.message if err.message.startswith(path.name) else f"{path.name}: {err.message}"
+        raise InputError(f"{path.stem}: {message}") from err
+    return ECGRecord(record_id=path.stem, dataset="file", signal=parsed.signal, sampling_rate=parsed.sampling_rate,
+                     age=parsed.age, sex=parsed.sex, extra={"path": str(path), "format": parsed.source_format,
+                                                            "notes": list(parsed.notes)})
+
+
+def _read_wfdb_or_cinc(path: Path) -> ECGRecord:
     base = _record_base(path)
     record_id = base.name
     try:
@@ -79,26 +135,53 @@ def load_record(path: str | Path) -> ECGRecord:
         raise InputError(f"{record_id}: cannot read header: {err}") from err
     try:
         if files and all(name.lower().endswith(".mat") for name in files):
+            from corpora.base import parse_wfdb_header
             from corpora.cinc import CincReader
 
-            return CincReader.for_record(base.with_suffix(".hea")).read(record_id)
+            # The tolerant parser first: it refuses a zero/missing gain that wfdb.rdheader silently reads as 200.
+            header = parse_wfdb_header(base.with_suffix(".hea").read_text(encoding="utf-8", errors="replace"),
+                                       record_id)
+            _require_all_leads(record_id, header.lead_names)
+            reader = CincReader.for_record(base.with_suffix(".hea"))
+            reader.allow_missing_leads = True  # flat/all-NaN leads: zero-filled with a note, as for WFDB
+            record = reader.read(record_id)
+            record.missing_leads = []  # none absent (checked above); the zero-filled ones are in the notes
+            return record
         return _read_plain_wfdb(record_id, base)
     except RecordError as err:
         raise InputError(str(err)) from err
 
 
+def _require_all_leads(record_id: str, lead_names: Sequence[str]) -> None:
+    """A header lacking one of the 12 standard leads is refused (ESI reads all 12) before any data is read."""
+    from corpora.base import canonical_lead_name
+
+    present = {canonical_lead_name(name) for name in lead_names}
+    absent = [lead for lead in STANDARD_LEADS if lead not in present]
+    if absent:
+        raise RecordError(record_id, "missing or empty leads: " + ", ".join(f"{lead} absent" for lead in absent))
+
+
 def _read_plain_wfdb(record_id: str, base: Path) -> ECGRecord:
-    from corpora.base import arrange_leads, comment_fields, parse_age, parse_sex, read_wfdb
+    """A WFDB record: leads absent from the header are an error; flat or all-NaN ones are zero-filled
+    with a note (the same rule as uploads and :func:`fit_to_model`)."""
+    from corpora.base import comment_fields, parse_age, parse_sex, read_wfdb, standardise_leads
 
     wave = read_wfdb(record_id, base)
-    signal, missing = arrange_leads(record_id, wave.signal, wave.lead_names)
+    check = standardise_leads(record_id, wave.signal, wave.lead_names)
+    if check.absent:
+        raise RecordError(record_id, "missing or empty leads: " + ", ".join(check.reasons()))
     fields = comment_fields(wave.comments)
     labels = {c.strip(): 100.0 for c in fields.get("dx", "").split(",") if c.strip()}
+    extra: dict[str, Any] = {"path": str(base)}
+    if check.zero_filled:
+        extra["zero_filled_leads"] = check.zero_filled
+    if check.notes:
+        extra["notes"] = check.notes
     return ECGRecord(
-        record_id=record_id, dataset="file", signal=signal, sampling_rate=wave.sampling_rate,
+        record_id=record_id, dataset="file", signal=check.signal, sampling_rate=wave.sampling_rate,
         age=parse_age(fields.get("age")), sex=parse_sex(fields.get("sex")), labels=labels,
-        label_vocabulary="snomed" if labels else "", missing_leads=missing,
-        extra={"path": str(base)},
+        label_vocabulary="snomed" if labels else "", extra=extra,
     )
 
 
@@ -106,10 +189,13 @@ def _read_plain_wfdb(record_id: str, base: Path) -> ECGRecord:
 
 def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, warn: bool = True,
                  preprocess: Mapping[str, Any] | None = None) -> PreparedECG:
-    """Resample / crop / pad one record to ``(12, n_samples)`` at ``sampling_rate``; notes say what changed.
+    """Check, resample, crop or pad one record to ``(12, n_samples)`` at ``sampling_rate``; notes say what changed.
 
+    :func:`corpora.base.check_signal` runs first (the one check shared by the readers, the API and the
+    CLI): flat/all-NaN leads zero-filled and NaN runs interpolated, each noted; no usable lead or an
+    absurd amplitude is an :class:`InputError`. The notes start with the reader's (``record.notes``).
     ``preprocess`` (the model's ``signal_preprocess``) is the ``corpora`` transform its training signals
-    were exported with; it is applied first, so a raw record reaches the model as training data did.
+    were exported with; it is applied next, so a raw record reaches the model as training data did.
     """
     rid = record.record_id
     if record.signal is None:
@@ -117,19 +203,26 @@ def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, war
     signal = np.asarray(record.signal, dtype=np.float32)
     if signal.ndim != 2 or signal.shape[0] != len(STANDARD_LEADS):
         raise InputError(f"{rid}: signal must be (12, T) in the standard lead order, got shape {signal.shape}")
+    if record.missing_leads:
+        raise InputError(f"{rid}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
+    try:
+        check = check_signal(signal, rid, zero_filled=record.extra.get("zero_filled_leads", ()))
+    except RecordError as err:
+        raise InputError(str(err)) from err
+    notes: list[str] = [*record.notes, *check.notes]
+    signal = check.signal
     if preprocess is not None:
+        from dataclasses import replace
+
         from corpora.preprocess import Preprocess
 
         try:
-            record = Preprocess(**preprocess)(record)  # keeps missing_leads, adds leads that were all NaN
+            record = Preprocess(**preprocess)(replace(record, signal=signal))
         except RecordError as err:
             raise InputError(str(err)) from err
         signal = np.asarray(record.signal, dtype=np.float32)
-    if record.missing_leads:
-        raise InputError(f"{rid}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
     if not np.isfinite(signal).all():
-        raise InputError(f"{rid}: signal contains NaN or infinite samples")
-    notes: list[str] = []
+        raise InputError(f"{rid}: signal contains NaN or infinite samples after preprocessing")
     rate = record.sampling_rate
     if rate is None or not math.isfinite(rate) or rate <= 0:
         raise InputError(f"{rid}: unknown sampling rate")
@@ -146,7 +239,7 @@ def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, war
     # The exact transform the model was trained with (resample, crop/pad, z-score over the record).
     signal = preprocess_signal(signal.ravel(), rid, signal.shape[0], signal.shape[1], float(rate),
                                float(sampling_rate), int(n_samples))
-    return PreparedECG(rid, np.ascontiguousarray(signal, dtype=np.float32), notes, record)
+    return PreparedECG(rid, np.ascontiguousarray(signal, dtype=np.float32), list(dict.fromkeys(notes)), record)
 
 
 @dataclass(frozen=True)
@@ -238,8 +331,8 @@ class ESIInference:
     def prepare(self, record: ECGRecord, *, warn: bool = True) -> PreparedECG:
         return self.input.fit(record, warn=warn)
 
-    def prepare_path(self, path: str | Path) -> PreparedECG:
-        return self.prepare(load_record(path))
+    def prepare_path(self, path: str | Path, *, sampling_rate: float | None = None) -> PreparedECG:
+        return self.prepare(load_record(path, sampling_rate=sampling_rate))
 
     # embeddings
     @torch.inference_mode()

@@ -5,7 +5,14 @@ Accepted inputs:
 * a WFDB record: ``.hea`` + the ``.dat`` file(s) its signal lines name;
 * a PhysioNet/CinC 2020 record: ``.hea`` + MATLAB v4 ``.mat`` (``val`` array of ADC units);
 * JSON ``{"signal": [[...] x 12], "sampling_rate": Hz, "leads": [...]?, "age"?, "sex"?, "name"?}``;
-* a ``.npy`` array of shape ``(12, T)`` in millivolts (with a separate ``sampling_rate``).
+* a ``.npy`` array of shape ``(12, T)`` in millivolts (with a separate ``sampling_rate``);
+* one file users export (:mod:`corpora.formats`): EDF/BDF, DICOM ECG waveform, HL7 aECG or GE MUSE
+  XML, or CSV (a header row of lead names; a ``sampling_rate`` field unless it has a time column).
+
+Every signal passes :func:`corpora.base.check_signal` here (amplitudes no ECG reaches, i.e. a wrong gain
+or unit, are a 422), and again in :func:`esi.inference.fit_to_model`, which zero-fills flat leads,
+repairs NaN runs and refuses a signal with no usable lead, saying so in the response's ``notes``.
+What parsing itself changed (derived limb leads, channels left out) is in ``ecg.notes``.
 
 Security: nothing a client sends is ever used as a filesystem path. Uploaded bytes stay in
 memory; only the WFDB ``.dat`` reader needs files, and it gets a private
@@ -32,9 +39,11 @@ from corpora.base import (
     RecordError,
     WfdbHeader,
     canonical_lead_name,
+    check_signal,
     comment_fields,
     parse_wfdb_header,
 )
+from corpora.formats import FILE_SUFFIXES, NEEDS_SAMPLING_RATE, read_ecg_file
 
 MIN_SAMPLING_RATE = 50.0
 MAX_SAMPLING_RATE = 10_000.0
@@ -61,7 +70,7 @@ class ParsedECG:
     name: str
     signal: np.ndarray  # (12, T) float32 mV, STANDARD_LEADS order
     sampling_rate: float
-    source_format: str  # "wfdb" | "cinc-mat" | "json" | "npy"
+    source_format: str  # "wfdb" | "cinc-mat" | "json" | "npy" | "edf" | "dicom" | "hl7-aecg" | "ge-muse" | "csv"
     age: float | None = None
     sex: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -80,6 +89,7 @@ class ParsedECG:
             "leads": list(STANDARD_LEADS),
             "age": self.age,
             "sex": self.sex,
+            "notes": list(self.notes),
         }
 
 
@@ -110,9 +120,14 @@ def _check_sampling_rate(value: Any, source: str) -> float:
 
 def _finish(
     name: str, signal: np.ndarray, lead_names: list[str] | None, sampling_rate: float,
-    source_format: str, max_seconds: float, age: Any = None, sex: Any = None,
+    source_format: str, max_seconds: float, age: Any = None, sex: Any = None, notes: list[str] | None = None,
 ) -> ParsedECG:
-    """Reorder to the standard leads and check shape, length and values."""
+    """Reorder to the standard leads and check shape, length and values.
+
+    NaN samples and flat leads are kept as sent: :func:`esi.inference.fit_to_model` repairs or
+    zero-fills them with notes in the response (or refuses a signal with no usable lead); infinite
+    samples count as NaN. Amplitudes no ECG reaches are refused here (422), as a wrong gain or unit.
+    """
     if signal.ndim != 2:
         raise UploadError(f"{name}: signal must be 2-D (12 leads x T samples); got shape {signal.shape}")
     n_leads, n_samples = signal.shape
@@ -134,12 +149,14 @@ def _finish(
     if seconds > max_seconds:
         raise UploadError(f"{name}: record is {seconds:.1f} s long; the limit is {max_seconds:g} s")
     signal = np.asarray(signal, dtype=np.float32)
-    if not np.isfinite(signal).all():
-        bad = [STANDARD_LEADS[i] for i in np.where(~np.isfinite(signal).all(axis=1))[0]]
-        raise UploadError(f"{name}: signal contains NaN or infinite values (leads {', '.join(bad)})")
+    signal = np.where(np.isinf(signal), np.float32(np.nan), signal)
+    try:
+        check_signal(signal, name, repair_nan=False, require_usable=False)
+    except RecordError as err:
+        raise UploadError(f"{name}: {err.reason}") from None
     return ParsedECG(
         name=name, signal=np.ascontiguousarray(signal), sampling_rate=sampling_rate,
-        source_format=source_format, age=_parse_age(age), sex=_parse_sex(sex),
+        source_format=source_format, age=_parse_age(age), sex=_parse_sex(sex), notes=list(notes or []),
     )
 
 
@@ -206,6 +223,29 @@ def parse_npy(name: str, data: bytes, sampling_rate: Any, max_seconds: float) ->
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
         raise UploadError(f"{name}: .npy must hold a numeric array; got dtype {getattr(array, 'dtype', None)}")
     return _finish(name, array.astype(np.float32), None, rate, "npy", max_seconds)
+
+
+def parse_ecg_file(name: str, data: bytes, sampling_rate: Any, max_seconds: float) -> ParsedECG:
+    """One exported file (EDF, DICOM, aECG/MUSE XML, CSV) read by :func:`corpora.formats.read_ecg_file`.
+
+    ``sampling_rate`` is required for a CSV without a time column and, for the formats that carry
+    their own rate, must agree with it. A lead the file lacks (and that cannot be derived from I and
+    II) is refused, as for WFDB uploads: the model reads all 12.
+    """
+    rate = None if sampling_rate in (None, "") else _check_sampling_rate(sampling_rate, name)
+    try:
+        record = read_ecg_file(data, name=name, sampling_rate=rate)
+    except RecordError as err:
+        reason = err.reason  # the formats' reasons name the file already
+        raise UploadError(reason if reason.startswith(name) else f"{name}: {reason}") from None
+    if record.missing_leads:
+        raise UploadError(f"{name}: missing leads {', '.join(record.missing_leads)}; ESI needs all 12 leads")
+    file_rate = _check_sampling_rate(record.sampling_rate, name)
+    if rate is not None and abs(file_rate - rate) > 1e-6 and Path(name).suffix.lower() not in NEEDS_SAMPLING_RATE:
+        raise UploadError(f"{name}: the file gives its sampling rate as {file_rate:g} Hz; "
+                          f"sampling_rate {rate:g} contradicts it")
+    return _finish(name, record.signal, None, file_rate, str(record.extra.get("format", "file")), max_seconds,
+                   record.age, record.sex, notes=record.notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,22 +400,29 @@ def parse_record_files(files: dict[str, bytes], max_seconds: float) -> ParsedECG
     )
 
 
+_SINGLE_SUFFIXES = (".npy", ".json", *FILE_SUFFIXES)
+
+
 def parse_upload(
     files: dict[str, bytes], sampling_rate: Any = None, *, max_seconds: float = 120.0
 ) -> ParsedECG:
-    """Dispatch uploaded files by extension: one ``.npy`` / ``.json``, or a WFDB/CinC record."""
+    """Dispatch uploaded files by extension: one ``.npy`` / ``.json`` / exported file (EDF, DICOM,
+    XML, CSV), or a WFDB/CinC record."""
     if not files:
         raise UploadError("no file was uploaded (send a .hea + .dat/.mat pair, a .npy or a .json)")
     lowered = {sanitize_name(n).lower(): n for n in files}
-    singles = [n for n in lowered if n.endswith((".npy", ".json"))]
+    singles = [n for n in lowered if n.endswith(_SINGLE_SUFFIXES)]
     if singles:
         if len(files) != 1:
-            raise UploadError(f"upload a single .npy or .json file on its own; got {sorted(lowered)}")
+            raise UploadError(f"upload a single {', '.join(_SINGLE_SUFFIXES)} file on its own; got {sorted(lowered)}")
         client_name = lowered[singles[0]]
         if singles[0].endswith(".json"):
             return parse_json_signal(files[client_name], max_seconds)
-        return parse_npy(sanitize_name(client_name), files[client_name], sampling_rate, max_seconds)
+        if singles[0].endswith(".npy"):
+            return parse_npy(sanitize_name(client_name), files[client_name], sampling_rate, max_seconds)
+        return parse_ecg_file(sanitize_name(client_name), files[client_name], sampling_rate, max_seconds)
     unknown = [n for n in lowered if not n.endswith((".hea", *_DATA_SUFFIXES))]
     if unknown:
-        raise UploadError(f"unsupported file type(s) {unknown}; send .hea + .dat/.mat, .npy or .json")
+        raise UploadError(f"unsupported file type(s) {unknown}; send .hea + .dat/.mat, .npy, .json, "
+                          f"or one {', '.join(FILE_SUFFIXES)} file")
     return parse_record_files(files, max_seconds)
