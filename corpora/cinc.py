@@ -142,6 +142,13 @@ class CincReader(DatasetReader):
         import wfdb
 
         try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as err:
+            raise RecordError(record_id, f"cannot read header: {err}") from err
+        # wfdb.rdheader silently reads a gain of 0 (or none) as its default 200/mV; the shared parser
+        # refuses both, so run it first (its RecordError names the lead) before trusting wfdb's values
+        parsed = parse_wfdb_header(text, record_id)
+        try:
             header = wfdb.rdheader(str(path.with_suffix("")))
             return path, WfdbHeader(
                 n_sig=int(header.n_sig), fs=float(header.fs), sig_len=int(header.sig_len or 0),
@@ -151,11 +158,6 @@ class CincReader(DatasetReader):
                 lead_names=list(header.sig_name), comments=list(header.comments or []), parser="wfdb",
             )
         except (ValueError, TypeError, IndexError):  # wfdb rejects some valid CinC headers
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError as err:
-                raise RecordError(record_id, f"cannot read header: {err}") from err
-            parsed = parse_wfdb_header(text, record_id)
             parsed.parser = "fallback"
             return path, parsed
 

@@ -156,3 +156,23 @@ def test_signal_path_is_the_header_base_of_each_record(cinc, cinc_root) -> None:
         path = reader.signal_path(record_id)
         assert path is not None and path.with_suffix(".hea").is_file() and path.name == record_id
     assert reader.signal_path("no-such-record") is None
+
+
+def test_header_gain_zero_is_a_skip_not_wfdbs_default(tmp_path, cinc_root) -> None:
+    """wfdb.rdheader reads a gain of 0 as its default 200/mV (amplitudes 5x off for a 1000/mV record);
+    the reader refuses the record instead, naming it."""
+    import shutil
+
+    shutil.copy(cinc_root / "A0001.hea", tmp_path / "A0001.hea")
+    shutil.copy(cinc_root / "A0001.mat", tmp_path / "A0001.mat")
+    for name in ("dx_mapping_scored.csv", "dx_mapping_unscored.csv"):
+        shutil.copy(cinc_root / name, tmp_path / name)
+    lines = (tmp_path / "A0001.hea").read_text().splitlines()
+    fields = lines[1].split()
+    fields[2] = "0/mV"
+    lines[1] = " ".join(fields)
+    (tmp_path / "A0001.hea").write_text("\n".join(lines) + "\n")
+    assert float(wfdb.rdheader(str(tmp_path / "A0001")).adc_gain[0]) == 200.0  # what a plain wfdb read would use
+    with pytest.raises(RecordError, match="gain") as caught:
+        CincReader(tmp_path).read("A0001")
+    assert caught.value.record_id == "A0001"
