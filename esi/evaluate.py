@@ -522,6 +522,7 @@ def query_evaluation(
     embeddings = data.embeddings(inference, model_key)[mask]
     labels = [lab for lab, keep in zip(data.labels, mask) if keep]
     per_query: dict[str, Any] = {}
+    skipped: list[str] = []
     resolved_sets: dict[str, LabelSet] = {}
     for item in queries or query_set():
         if item["labelset"] not in resolved_sets:
@@ -532,14 +533,22 @@ def query_evaluation(
         relevant = selected.targets(labels, data.vocabulary)[:, 0].astype(bool)
         query = item.get("query") or selected.classes[0].display
         order = np.argsort(-(embeddings @ inference.query_embedding(query, query_text)), kind="stable")
+        if not relevant.any():  # nothing to find: left out of the means, listed
+            skipped.append(query)
+            continue
         row: dict[str, Any] = {"class": f"{item['labelset']}:{item['class']}", "n_relevant": int(relevant.sum()),
-                               "chance": float(relevant.mean()) if len(relevant) else math.nan}
+                               "chance": float(relevant.mean())}
         for k in ks:
-            row[f"precision@{k}"] = float(relevant[order[:k]].mean()) if len(order) else math.nan
+            row[f"precision@{k}"] = float(relevant[order[:k]].mean())
+            row[f"ceiling@{k}"] = min(k, int(relevant.sum())) / k  # the best any ranking can reach
         per_query[query] = row
-    summary = {f"mean_precision@{k}": float(np.mean([r[f"precision@{k}"] for r in per_query.values()])) for k in ks}
+    if not per_query:
+        raise ValueError(f"no class query has a relevant record in folds {folds}")
+    summary = {f"mean_{m}@{k}": float(np.mean([r[f"{m}@{k}"] for r in per_query.values()]))
+               for k in ks for m in ("precision", "ceiling")}
     summary["mean_chance"] = float(np.mean([r["chance"] for r in per_query.values()]))
-    return {"folds": folds, "n_records": int(mask.sum()), "query_text": query_text, **summary, "queries": per_query}
+    return {"folds": folds, "n_records": int(mask.sum()), "query_text": query_text, **summary, "queries": per_query,
+            "skipped_queries": skipped}
 
 
 # ==== the whole suite ===========================================================================
@@ -711,8 +720,8 @@ def summary_rows(model_results: dict[str, Any]) -> dict[str, Any]:
             rows[f"reference {variant} ({reference.replace('_', '-')}): macro AUC"] = ref.get("macro_auc")
     for r in model_results.get("query", {}).values():
         for k in (5, 10):
-            rows[f"query by text: mean precision@{k} (chance {_fmt(r.get('mean_chance'))})"] = r.get(
-                f"mean_precision@{k}")
+            rows[f"query by text: mean precision@{k} (chance {_fmt(r.get('mean_chance'))}, best possible "
+                 f"{_fmt(r.get(f'mean_ceiling@{k}'))})"] = r.get(f"mean_precision@{k}")
         for query, q in r.get("queries", {}).items():
             rows[f"query \"{query}\": precision@5 (chance {_fmt(q.get('chance'))})"] = q.get("precision@5")
     for variant, r in model_results.get("probe", {}).items():

@@ -108,3 +108,22 @@ def test_unresolved_ptbxl_set_takes_its_members_from_the_models_label_terms() ->
     assert codes["CD"] == {"CRBBB", "CLBBB"} and codes["NORM"] == {"NORM"} and codes["HYP"] == set()
     names = member_names(labelset, {"CRBBB": 3.0, "CLBBB": 1.0}, terms)["CD"]
     assert names == {"Complete right bundle branch block": 3.0, "Complete left bundle branch block": 1.0}
+
+
+def test_query_evaluation_matches_a_recomputation(model_dir: Path, ptbxl_root: Path) -> None:
+    from corpora.ptbxl import PTBXLReader
+    from esi.evaluate import load_eval_data, query_evaluation
+    from esi.inference import ESIInference
+
+    inference = ESIInference(model_dir)
+    data = load_eval_data(PTBXLReader(ptbxl_root, rate=100), inference.input, folds=[9], limit_per_fold_set=40,
+                          progress=False)
+    result = query_evaluation(inference, data, folds=[9], query_text="raw")
+    normal = np.array([("NORM" in labels) for labels in data.labels])
+    order = np.argsort(-(data.embeddings(inference) @ inference.query_embedding("normal ECG", "raw")), kind="stable")
+    row = result["queries"]["normal ECG"]
+    assert row["precision@5"] == pytest.approx(normal[order[:5]].mean())
+    assert row["chance"] == pytest.approx(normal.mean()) and row["ceiling@5"] == min(5, normal.sum()) / 5
+    assert result["mean_precision@5"] == pytest.approx(np.mean([r["precision@5"] for r in result["queries"].values()]))
+    for query in result["skipped_queries"]:  # no relevant record among these 40: left out of the means
+        assert query not in result["queries"]
