@@ -25,22 +25,9 @@ N_ROWS = 6
 
 
 @pytest.fixture
-def ptbxl_copy(tmp_path: Path, ptbxl_root: Path) -> Path:
+def ptbxl_copy(ptbxl_subset) -> Path:
     """The first rows of ptbxl-mini with their 100 Hz files, in the official layout."""
-    root = tmp_path / "ptbxl"
-    root.mkdir()
-    shutil.copy(ptbxl_root / "scp_statements.csv", root)
-    with (ptbxl_root / "ptbxl_database.csv").open(newline="") as handle:
-        rows = list(csv.reader(handle))[: N_ROWS + 1]
-    with (root / "ptbxl_database.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
-    column = rows[0].index("filename_lr")
-    for row in rows[1:]:
-        target = root / row[column]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in (".hea", ".dat"):
-            shutil.copy((ptbxl_root / row[column]).with_suffix(suffix), target.with_suffix(suffix))
-    return root
+    return ptbxl_subset(N_ROWS)[0]
 
 
 def _files(root: Path, record_id: str) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,22 +22,10 @@ Rows = list[list[str]]
 
 
 @pytest.fixture
-def dataset(tmp_path: Path, ptbxl_root: Path) -> tuple[Path, Rows]:
+def dataset(ptbxl_subset) -> tuple[Path, Rows]:
     """A PTB-XL folder with the 100 Hz files of ptbxl-mini's first 9 records, the CSV listing 7 of them;
     returns (folder, [header, 9 rows])."""
-    root = tmp_path / "ptbxl"
-    root.mkdir()
-    shutil.copy(ptbxl_root / "scp_statements.csv", root)
-    with (ptbxl_root / "ptbxl_database.csv").open(newline="") as handle:
-        rows = list(csv.reader(handle))[: N_INPUT + 3]
-    column = rows[0].index("filename_lr")
-    for row in rows[1:]:
-        target = root / row[column]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in (".hea", ".dat"):
-            shutil.copy((ptbxl_root / row[column]).with_suffix(suffix), target.with_suffix(suffix))
-    _write_csv(root, [rows[0], *rows[1:N_INPUT + 1]])
-    return root, rows
+    return ptbxl_subset(N_INPUT + 2, n_csv=N_INPUT)
 
 
 def _write_csv(root: Path, rows: Rows) -> None:
