@@ -11,6 +11,8 @@ POST     ``/api/classify``                   zero-shot scores for an uploaded EC
 POST     ``/api/retrieve``                   ECG -> nearest texts for an uploaded ECG
 POST     ``/api/caption``                    generated caption for an uploaded ECG
 POST     ``/api/plot``                       PNG/SVG plot of an uploaded ECG
+POST     ``/api/analyze``                    all of it at once for an uploaded ECG: plot, scores, caption,
+                                             nearest texts and the most similar indexed ECGs (the page)
 GET      ``/api/search``                     text -> ECG search over the indexed collection
 GET      ``/api/records/{id}``               an indexed ECG: caption, zero-shot scores, nearest texts
 GET      ``/api/records/{id}/plot``          PNG/SVG plot of an indexed ECG
@@ -29,6 +31,7 @@ lock. A JSON body with NaN/Infinity (or a number that overflows to inf) is a 422
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 from collections.abc import Callable
@@ -338,6 +341,39 @@ def create_app(
             return backend.plot_signal(ecg.signal, ecg.sampling_rate, ecg.name, layout, format)
 
         return Response(await run(job), media_type=MEDIA_TYPES[format])
+
+    @app.post("/api/analyze", tags=["ecg"], openapi_extra=_ECG_BODY_DOC,
+              summary="Plot, zero-shot scores, caption, nearest texts and similar indexed ECGs for an upload")
+    async def analyze(
+        request: Request,
+        labelset: Annotated[str | None, Query(description="label set name (see /api/labelsets)")] = None,
+        top_k: Annotated[int, Query(ge=1, le=200)] = 5,
+        k_texts: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
+        k_similar: Annotated[int, Query(ge=1, le=MAX_K)] = 4,
+        method: Annotated[str, Query(pattern="^(greedy|beam)$")] = "greedy",
+        layout: Annotated[str, Query(pattern="^(3x4|12row)$")] = "3x4",
+    ) -> dict[str, Any]:
+        """One request for the page's "your ECG" panel: the upload is parsed once, embedded once and
+        plotted in the same pool job. The plot is a PNG ``data:`` URL (an upload has no id a follow-up
+        GET could name); each similar ECG has a ``plot_url`` like ``/api/search`` results. A plot or
+        caption that cannot be made leaves ``plot_error`` / ``caption_error`` and the rest answers."""
+
+        def work(ecg: ParsedECG) -> dict[str, Any]:
+            result = backend.analyze(ecg, labelset=labelset, top_k=top_k, k_texts=k_texts,
+                                     k_similar=k_similar, method=method)
+            try:
+                image = backend.plot_signal(ecg.signal, ecg.sampling_rate, ecg.name, layout, "png")
+            except BackendError as err:
+                result["plot_url"], result["plot_error"] = None, str(err)
+            else:
+                result["plot_url"] = "data:image/png;base64," + base64.b64encode(image).decode("ascii")
+            return result
+
+        result = await run_upload(request, work)
+        for rank, hit in enumerate(result["similar"], start=1):
+            hit["rank"] = rank
+            hit["plot_url"] = _plot_url(hit["id"], layout)
+        return result
 
     # ---- the indexed collection ---------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from corpora.base import ECGRecord
+from corpora.base import STANDARD_LEADS, ECGRecord
 from esi.api.uploads import ParsedECG
 from esi.inference import ESIInference, InputError, load_record
 from esi.labelsets import LabelSet, available_labelsets
@@ -78,6 +78,14 @@ class _LRU:
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
         return value
+
+
+def _noted_zero_filled(ecg: ParsedECG) -> list[str]:
+    """Leads of an upload that its file reader zero-filled and said so: the all-zero rows, when a parse
+    note says "zero-filled" (only the file readers zero-fill; WFDB/.npy/JSON uploads keep leads as sent)."""
+    if not any("zero-filled" in note for note in ecg.notes):
+        return []
+    return [lead for lead, row in zip(STANDARD_LEADS, ecg.signal, strict=True) if not np.any(row)]
 
 
 class Backend:
@@ -260,8 +268,16 @@ class Backend:
 
     @staticmethod
     def _upload_record(ecg: ParsedECG) -> ECGRecord:
+        """The upload as a record. Its parse notes (derived leads, channels left out, ...) go into
+        ``extra["notes"]``, which ``fit_to_model`` puts first in the response's ``notes``; leads the file
+        reader already zero-filled and noted are passed as ``zero_filled_leads`` so they are not noted twice
+        (once as "all NaN", again as "flat")."""
+        extra: dict[str, Any] = {"notes": list(ecg.notes)}
+        filled = _noted_zero_filled(ecg)
+        if filled:
+            extra["zero_filled_leads"] = filled
         return ECGRecord(record_id=ecg.name, dataset="upload", signal=ecg.signal,
-                         sampling_rate=ecg.sampling_rate, age=ecg.age, sex=ecg.sex)
+                         sampling_rate=ecg.sampling_rate, age=ecg.age, sex=ecg.sex, extra=extra)
 
     def classify(self, ecg: ParsedECG, labelset: str | None, top_k: int) -> dict[str, Any]:
         signal, notes = self._prepare(self._upload_record(ecg))
@@ -274,6 +290,26 @@ class Backend:
     def caption(self, ecg: ParsedECG, method: str) -> dict[str, Any]:
         signal, notes = self._prepare(self._upload_record(ecg))
         return {"caption": self._caption(signal, method), "method": method, "notes": notes}
+
+    def analyze(self, ecg: ParsedECG, *, labelset: str | None, top_k: int, k_texts: int, k_similar: int,
+                method: str = "greedy") -> dict[str, Any]:
+        """Everything the page shows for an upload, from one prepare and one embedding: zero-shot scores,
+        nearest texts, the most similar indexed ECGs and the caption (``caption_error`` instead when the
+        model has no decoder, so the rest still answers)."""
+        signal, notes = self._prepare(self._upload_record(ecg))
+        embedding = self._embed(signal)
+        result: dict[str, Any] = {
+            "zero_shot": self._scores(embedding, labelset, top_k),
+            "nearest_texts": self._texts(embedding, k_texts),
+            "texts_source": self.text_source,
+            "similar": self._similar(embedding, k_similar),
+            "notes": notes,
+        }
+        try:
+            result["caption"] = self._caption(signal, method)
+        except BackendError as err:
+            result["caption"], result["caption_error"] = None, str(err)
+        return result
 
     def plot_signal(self, signal: np.ndarray, sampling_rate: float, title: str | None,
                     layout: str, image_format: str) -> bytes:
@@ -289,7 +325,10 @@ class Backend:
             with self._model_lock:
                 return self.inference.query_embedding(query)
 
-        embedding = self._query_embeddings.get(query, embed)
+        return self._similar(self._query_embeddings.get(query, embed), k)
+
+    def _similar(self, embedding: np.ndarray, k: int) -> list[dict[str, Any]]:
+        """The ``k`` indexed ECGs nearest to an embedding (a text query's or an ECG's), for the client."""
         try:
             hits = self.ecg_index.search_embedding(embedding, k=k)
         except (SearchError, ValueError) as err:

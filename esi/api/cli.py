@@ -12,7 +12,7 @@ import math
 import os
 import sys
 
-from esi.api.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_SECONDS
+from esi.api.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_SECONDS, DEFAULT_WORKERS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="reject request bodies over this many MiB with 413 (default: %(default)s)")
     parser.add_argument("--max-upload-seconds", type=float, default=DEFAULT_MAX_UPLOAD_SECONDS,
                         help="reject uploaded ECGs longer than this (default: %(default)s s)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="threads running model and plot work (default: %(default)s; model calls share one "
+                             "lock, so more mainly overlaps upload parsing and plotting)")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help="requests that may wait for a worker; past that they get 503 + Retry-After at once "
+                             "(default: %(default)s; 0 = no waiting)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(_run=run_serve, _name="serve")
@@ -49,14 +55,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def check_serve_args(args: argparse.Namespace) -> str | None:
-    """Why the limits/port cannot work, or None. Checked at start-up, before the model is loaded: the body
-    limit middleware is only built on the first request, so a bad limit would otherwise turn every request
-    into a 500 (and a non-positive upload limit would refuse every ECG)."""
+    """Why the limits/pool sizes/port cannot work, or None. Checked at start-up, before the model is loaded:
+    the body limit middleware is only built on the first request, so a bad limit would otherwise turn every
+    request into a 500 (a non-positive upload limit would refuse every ECG, and a bad pool size would only
+    fail after the slow model load)."""
     for flag, value in (("--max-body-mb", args.max_body_mb), ("--max-upload-seconds", args.max_upload_seconds)):
         if not math.isfinite(value) or value <= 0:
             return f"{flag} must be a positive number, got {value}"
     if int(args.max_body_mb * 2**20) < 1:
         return f"--max-body-mb {args.max_body_mb} is under one byte"
+    if args.workers < 1:
+        return f"--workers must be at least 1, got {args.workers}"
+    if args.max_queue < 0:
+        return f"--max-queue must be 0 or more, got {args.max_queue}"
     if not 0 <= args.port <= 65535:
         return f"--port must be in 0..65535, got {args.port}"
     return None
@@ -78,7 +89,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(
             args.model, args.store, collection=args.collection, max_body_bytes=int(args.max_body_mb * 2**20),
-            max_upload_seconds=args.max_upload_seconds, text_collection=args.text_collection,
+            max_upload_seconds=args.max_upload_seconds, workers=args.workers, max_queue=args.max_queue,
+            text_collection=args.text_collection,
             knowledge_store=args.knowledge_store, default_labelset=args.labelset, device=args.device,
         )
     except (BackendError, FileNotFoundError, ValueError) as err:

@@ -120,6 +120,20 @@ def test_analyze_and_classify_pass_the_upload_notes_through(client, api_env, ptb
     assert classify["notes"][: len(parse_notes)] == parse_notes
 
 
+def test_analyze_takes_a_json_signal_and_notes_a_flat_lead(client, api_env, ptbxl_root):
+    record = wfdb.rdrecord(str(ptbxl_root.joinpath(*PTBXL_RECORD)))
+    signal = record.p_signal.T.astype(np.float32).round(4)
+    signal[11] = 0.0  # V6 recorded nothing
+    response = client.post("/api/analyze", json={"signal": signal.tolist(), "sampling_rate": 100, "name": "flat-v6"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    _check_every_part(body, api_env)
+    assert body["ecg"]["format"] == "json"
+    v6_notes = [note for note in body["notes"] if "V6" in note]
+    assert len(v6_notes) == 1 and v6_notes[0].startswith("lead V6 flat"), body["notes"]
+    assert v6_notes[0].endswith("zero-filled")
+
+
 def test_a_lead_the_reader_zero_filled_is_noted_once(client, ptbxl_root):
     files = _multipart({"no-v6.csv": _csv_of_ptbxl(ptbxl_root, empty_lead="V6")})
     body = client.post("/api/analyze", files=files, data={"sampling_rate": "100"}).json()

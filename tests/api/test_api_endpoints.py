@@ -68,7 +68,7 @@ def test_openapi_docs_list_every_endpoint(client):
     paths = set(client.get("/openapi.json").json()["paths"])
     assert paths == {
         "/api/health", "/api/labelsets", "/api/classify", "/api/retrieve", "/api/caption", "/api/plot",
-        "/api/search", "/api/records/{record_id}", "/api/records/{record_id}/plot", "/api/explain",
+        "/api/search", "/api/records/{record_id}", "/api/records/{record_id}/plot", "/api/explain", "/api/analyze",
     }
 
 
