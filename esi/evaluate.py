@@ -28,7 +28,13 @@ from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 from corpora.base import DatasetReader, ECGRecord, RecordError, Skip
 from esi.inference import ESIInference, InputError, ModelInput, ResampledWarning
 from esi.labelsets import LabelSet, load_labelset
-from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier, calibrate
+from esi.zeroshot import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_CLASS_TEXT,
+    ZeroShotClassifier,
+    calibrate,
+    prototype_classifier,
+)
 
 
 def _as_2d(array: np.ndarray, name: str) -> np.ndarray:
@@ -288,21 +294,6 @@ def merge_eval_data(parts: Sequence[EvalData]) -> EvalData:
 
 
 # ==== zero-shot ==================================================================================
-
-def prototype_classifier(labelset: LabelSet, embeddings: np.ndarray, y: np.ndarray,
-                         calibration: str = "raw") -> ZeroShotClassifier:
-    """Few-shot classification from example ECGs: each class is the mean embedding of its examples
-    (nearest class-mean prototype). A class without an example gets a zero vector (scores 0)."""
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    rows = []
-    for j in range(len(labelset.classes)):
-        members = embeddings[np.asarray(y[:, j], dtype=bool)]
-        mean = members.mean(axis=0) if len(members) else np.zeros(embeddings.shape[1], np.float32)
-        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
-    prompts = {c.id: [f"{int(np.asarray(y[:, j]).sum())} example ECGs"] for j, c in enumerate(labelset.classes)}
-    return ZeroShotClassifier(labelset, np.stack(rows).astype(np.float32), prompts, class_text="prototypes",
-                              calibration=calibration)
-
 
 def reference_scores(
     inference: ESIInference, data: EvalData, resolved: LabelSet, y: np.ndarray, texts: Sequence[str | None],

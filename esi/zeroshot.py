@@ -275,3 +275,18 @@ class ZeroShotClassifier:
             {"class": self.class_ids[j], "display": self.labelset.classes[j].display, "score": float(scores_row[j])}
             for j in order
         ]
+
+
+def prototype_classifier(labelset: LabelSet, embeddings: np.ndarray, y: np.ndarray,
+                         calibration: str = "raw") -> ZeroShotClassifier:
+    """Few-shot classification from example ECGs: each class is the mean embedding of its examples
+    (nearest class-mean prototype). A class without an example gets a zero vector (scores 0)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    rows = []
+    for j in range(len(labelset.classes)):
+        members = embeddings[np.asarray(y[:, j], dtype=bool)]
+        mean = members.mean(axis=0) if len(members) else np.zeros(embeddings.shape[1], np.float32)
+        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+    prompts = {c.id: [f"{int(np.asarray(y[:, j]).sum())} example ECGs"] for j, c in enumerate(labelset.classes)}
+    return ZeroShotClassifier(labelset, np.stack(rows).astype(np.float32), prompts, class_text="prototypes",
+                              calibration=calibration)

@@ -168,6 +168,19 @@ class VectorCollection:
             ])
         return hits
 
+    def items(self, batch: int = 5000) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+        """Every stored id, embedding and metadata (paged, so a large collection is read in batches)."""
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        metas: list[dict[str, Any]] = []
+        for offset in range(0, self.count(), batch):
+            page = self._collection.get(include=["embeddings", "metadatas"], limit=batch, offset=offset)
+            ids += page["ids"]
+            vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
+            metas += [dict(m or {}) for m in page["metadatas"]]
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, self.dimension() or 0), np.float32)
+        return ids, matrix, metas
+
     def get(self, ids: Sequence[str]) -> list[Hit]:
         """Stored records by id (score 1.0); unknown ids are left out."""
         result = self._collection.get(ids=list(ids), include=["metadatas", "documents"])

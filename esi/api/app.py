@@ -310,8 +310,11 @@ def create_app(
         request: Request,
         labelset: Annotated[str | None, Query(description="label set name (see /api/labelsets)")] = None,
         top_k: Annotated[int, Query(ge=1, le=200)] = 10,
+        method: Annotated[Literal["zeroshot", "prototypes"], Query(
+            description="zeroshot: class text; prototypes: few-shot, each class is the mean embedding of the "
+                        "indexed ECGs labelled with it")] = "zeroshot",
     ) -> dict[str, Any]:
-        return await run_upload(request, lambda ecg: backend.classify(ecg, labelset, top_k))
+        return await run_upload(request, lambda ecg: backend.classify(ecg, labelset, top_k, method))
 
     @app.post("/api/retrieve", tags=["ecg"], summary="ECG -> text retrieval for an uploaded ECG",
               openapi_extra=_ECG_BODY_DOC)

@@ -12,6 +12,7 @@ that must exist in the collection.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -35,7 +36,13 @@ from esi.search import (
     knowledge_texts,
     open_collection,
 )
-from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
+from esi.zeroshot import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_CLASS_TEXT,
+    ZeroShotClassifier,
+    class_codes,
+    prototype_classifier,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +130,7 @@ class Backend:
         self._labelsets = available_labelsets()
         self.default_labelset = self._labelset_name(default_labelset)
         self._classifiers: dict[str, ZeroShotClassifier] = {}
+        self._prototypes: dict[str, ZeroShotClassifier] = {}
         self._records = _LRU(64)
         self._plots = _LRU(plot_cache_size)
         self._query_embeddings = _LRU(512)
@@ -241,8 +249,25 @@ class Backend:
         with self._model_lock:
             return self.inference.embed_signals(signal[None])[0]
 
-    def _scores(self, embedding: np.ndarray, labelset: str | None, top_k: int) -> dict[str, Any]:
-        classifier = self.classifier(labelset)
+    def prototypes(self, name: str | None) -> ZeroShotClassifier:
+        """Few-shot classifier: each class is the mean embedding of the indexed ECGs labelled with it."""
+        key = self._labelset_name(name)
+        with self._model_lock:
+            if key not in self._prototypes:
+                labelset: LabelSet = self._labelsets[key]
+                codes = class_codes(labelset, self.inference.label_prior_document.get("terms"))
+                _, embeddings, metas = self.ecg_index.collection.items()
+                labels = [set(json.loads(m["labels"])) if isinstance(m.get("labels"), str) else set() for m in metas]
+                y = np.array([[bool(have & codes[c.id]) for c in labelset.classes] for have in labels], dtype=int)
+                if not y.any():
+                    raise BackendError(f"no indexed ECG carries a label of {key!r}: nothing to build prototypes "
+                                       "from", status_code=409)
+                self._prototypes[key] = prototype_classifier(labelset, embeddings, y.reshape(len(labels), -1))
+            return self._prototypes[key]
+
+    def _scores(self, embedding: np.ndarray, labelset: str | None, top_k: int,
+                method: str = "zeroshot") -> dict[str, Any]:
+        classifier = self.prototypes(labelset) if method == "prototypes" else self.classifier(labelset)
         scores = classifier.scores(embedding[None])[0]
         probabilities = classifier.probabilities(scores)
         order = np.argsort(-scores)[:top_k]
@@ -279,9 +304,10 @@ class Backend:
         return ECGRecord(record_id=ecg.name, dataset="upload", signal=ecg.signal,
                          sampling_rate=ecg.sampling_rate, age=ecg.age, sex=ecg.sex, extra=extra)
 
-    def classify(self, ecg: ParsedECG, labelset: str | None, top_k: int) -> dict[str, Any]:
+    def classify(self, ecg: ParsedECG, labelset: str | None, top_k: int, method: str = "zeroshot") -> dict[str, Any]:
+        """``method="prototypes"``: few-shot from the indexed ECGs' labels instead of class text."""
         signal, notes = self._prepare(self._upload_record(ecg))
-        return {**self._scores(self._embed(signal), labelset, top_k), "notes": notes}
+        return {**self._scores(self._embed(signal), labelset, top_k, method), "method": method, "notes": notes}
 
     def nearest_texts(self, ecg: ParsedECG, k: int) -> dict[str, Any]:
         signal, notes = self._prepare(self._upload_record(ecg))

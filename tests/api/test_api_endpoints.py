@@ -421,3 +421,31 @@ def test_explain_reports_unknown_labels(client):
                                      {"codes": ["AFIB"], "age": -3}, {"codes": ["AFIB"], "vocabulary": "icd"}])
 def test_explain_rejects_bad_requests(client, payload):
     assert client.post("/api/explain", json=payload).status_code == 422
+
+
+def test_classify_with_prototypes_from_the_indexed_ecgs(client, inference, api_env, ptbxl_root):
+    """method=prototypes: each class is the mean embedding of the indexed ECGs labelled with it; the scores
+    equal a prototype classifier rebuilt from the collection's own embeddings and labels."""
+    import json as _json
+
+    from esi.labelsets import load_labelset
+    from esi.search import open_collection
+    from esi.zeroshot import prototype_classifier
+
+    response = client.post("/api/classify", files=_multipart(_wfdb_files(ptbxl_root)),
+                           params={"top_k": 5, "method": "prototypes", "labelset": "ptbxl_rhythm"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == "prototypes"
+    collection = open_collection(str(api_env.store_dir), "ecg", kind="ecg", inference=inference,
+                                 model_dir=str(api_env.model_dir), create=False)
+    _, embeddings, metas = collection.items()
+    labelset = load_labelset("ptbxl_rhythm")
+    labels = [set(_json.loads(m["labels"])) for m in metas]
+    y = np.array([[c.id in have for c in labelset.classes] for have in labels], dtype=int)
+    expected = prototype_classifier(labelset, embeddings, y).scores(
+        _embed_record(inference, _signal(ptbxl_root), 100.0)[None])[0]
+    got = {s["class"]: s["score"] for s in body["scores"]}
+    assert got == pytest.approx({c: float(v) for c, v in zip(labelset.class_ids, expected) if c in got}, abs=1e-4)
+    assert client.post("/api/classify", files=_multipart(_wfdb_files(ptbxl_root)),
+                       params={"method": "captions"}).status_code == 422
