@@ -2,8 +2,13 @@
 
 Why chunks follow sections: a section ("Diagnostic criteria", "Common confusions", a PDF page) is the unit a
 caption cites, and prefixing each chunk with "<entry name> — <section>" keeps it meaningful on its own.
-Each knowledge entry also gets a short "Summary" chunk (name, aliases, codes, first sentence of the
-definition) so abbreviation and code queries ("RBBB", "CRBBB") land on the right entry.
+Each knowledge entry also gets a short "Summary" chunk (name, aliases, causes, codes, first sentence of the
+definition) so abbreviation and code queries ("RBBB", "CRBBB") land on the right entry; its metadata carries the
+entry's terms (``terms``: JSON ``{"names": [...], "causes": [...]}``) so a store knows its own vocabulary for the
+term-matching half of the ranking (retrieval.ranking) without re-reading the corpus it was built from.
+
+A knowledge file that does not parse is skipped and named (:func:`load_knowledge`), never fatal: one broken
+front matter block must not keep the other entries out of the store.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
 
-from corpora.knowledge import KnowledgeEntry
+from corpora.knowledge import KnowledgeEntry, KnowledgeError, entries_dir, parse_entry
 
 # all-MiniLM-L6-v2 reads at most 256 word pieces (~1,000 characters of English); longer sections are split.
 MAX_CHUNK_CHARS = 900
@@ -84,6 +89,8 @@ def _summary_text(entry: KnowledgeEntry) -> str:
     lines = [f"{entry.name}."]
     if entry.aliases:
         lines.append(f"Also called: {', '.join(entry.aliases)}.")
+    if entry.causes:
+        lines.append(f"Caused by: {', '.join(entry.causes)}.")
     lines.append(f"Category: {entry.category}.")
     if entry.scp_codes:
         lines.append(f"SCP-ECG codes: {', '.join(entry.scp_codes)}.")
@@ -94,21 +101,51 @@ def _summary_text(entry: KnowledgeEntry) -> str:
     return "\n".join(lines)
 
 
+def entry_terms_json(entry: KnowledgeEntry) -> str:
+    """The entry's searchable terms for the summary chunk's ``terms`` metadata (names: name, aliases, SCP codes)."""
+    names = list(dict.fromkeys([entry.name, *entry.aliases, *entry.scp_codes]))
+    return json.dumps({"names": names, "causes": list(entry.causes)}, ensure_ascii=False)
+
+
 def entry_chunks(entry: KnowledgeEntry) -> list[Chunk]:
-    """One chunk per section of the entry (split if long) plus one summary chunk."""
+    """One chunk per section of the entry (split if long) plus one summary chunk (which carries the terms)."""
     base: dict[str, Any] = {
         "entry": entry.id, "name": entry.name, "category": entry.category,
         "codes": encode_codes(entry.codes), "source": f"knowledge:{entry.source or entry.id + '.md'}",
     }
     if entry.codes:
         base["code_list"] = list(entry.codes)
-    pieces: list[tuple[str, str, int | None]] = [(SUMMARY_SECTION, _summary_text(entry), None)]
-    pieces += [(name, text, None) for name, text in entry.sections.items()]
-    return _make_chunks(((s.capitalize(), t, p) for s, t, p in pieces), base, entry.name)
+    summary = _make_chunks([(SUMMARY_SECTION.capitalize(), _summary_text(entry), None)],
+                           dict(base, terms=entry_terms_json(entry)), entry.name)
+    pieces = [(name.capitalize(), text, None) for name, text in entry.sections.items()]
+    return summary + _make_chunks(pieces, base, entry.name)
 
 
 def knowledge_chunks(entries: Iterable[KnowledgeEntry]) -> list[Chunk]:
     return [chunk for entry in entries for chunk in entry_chunks(entry)]
+
+
+def load_knowledge(directory: str | os.PathLike[str] | None = None) -> tuple[list[KnowledgeEntry], list[str]]:
+    """Every entry file of a corpus folder that parses, plus one message per file that does not (named).
+
+    Unlike ``corpora.knowledge.load_entries`` (which stops at the first bad file), a malformed file or a duplicate
+    id is reported and skipped, so the rest of the corpus still reaches the store. Read fresh (no cache), so a
+    long-lived process sees edited entries.
+    """
+    folder = Path(directory) if directory else entries_dir()
+    entries: dict[str, KnowledgeEntry] = {}
+    errors: list[str] = []
+    for path in sorted(folder.glob("*.md")):
+        try:
+            entry = parse_entry(path.read_text(encoding="utf-8"), path.name)
+        except (KnowledgeError, OSError, UnicodeDecodeError) as err:
+            errors.append(f"{path}: {err}" if path.name not in str(err) else f"{path.parent}/{err}")
+            continue
+        if entry.id in entries:
+            errors.append(f"{path}: duplicate id {entry.id!r} (also in {entries[entry.id].source}); skipped")
+            continue
+        entries[entry.id] = entry
+    return sorted(entries.values(), key=lambda e: e.id), errors
 
 
 def expand_documents(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

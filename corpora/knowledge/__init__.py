@@ -10,6 +10,8 @@ Entry file format (``corpora/knowledge/entries/<id>.md``)::
     scp_codes: [CRBBB]              # PTB-XL SCP statement codes
     snomed_codes: ["713427006"]     # SNOMED CT codes (CinC 2020/2021, Chapman, Ningbo), as strings
     mimic_patterns: ['\\bright bundle branch block\\b']  # case-insensitive regexes for machine statements
+    causes: [hyperkalaemia]         # optional: conditions that produce the finding (searchable by retrieval,
+                                    # never read as the finding itself, unlike aliases)
     ---
     ## Definition
     ## Mechanism
@@ -38,6 +40,7 @@ CATEGORIES = (
 )
 SECTIONS = ("definition", "mechanism", "diagnostic criteria", "waveform features", "common confusions")
 REQUIRED_KEYS = ("id", "name", "category", "aliases", "scp_codes", "snomed_codes", "mimic_patterns")
+OPTIONAL_KEYS = ("causes",)
 _ID_RE = re.compile(r"^[a-z0-9_]+$")
 _FRONT_RE = re.compile(r"\A---\s*\n(.*?)\n---\s*\n(.*)\Z", re.S)
 _HEADING_RE = re.compile(r"^##\s+(.+?)\s*$", re.M)
@@ -58,6 +61,7 @@ class KnowledgeEntry:
     mimic_patterns: tuple[str, ...]
     sections: dict[str, str] = field(hash=False, compare=False)
     source: str = ""
+    causes: tuple[str, ...] = ()
 
     @property
     def codes(self) -> tuple[str, ...]:
@@ -102,7 +106,7 @@ def parse_entry(text: str, source: str = "<string>") -> KnowledgeEntry:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise KnowledgeError(f"{source}: front matter lacks {missing}")
-    unknown = sorted(set(meta) - set(REQUIRED_KEYS))
+    unknown = sorted(set(meta) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
         raise KnowledgeError(f"{source}: unknown front matter keys {unknown}")
     if not isinstance(meta["id"], str) or not _ID_RE.match(meta["id"]):
@@ -110,8 +114,8 @@ def parse_entry(text: str, source: str = "<string>") -> KnowledgeEntry:
     if meta["category"] not in CATEGORIES:
         raise KnowledgeError(f"{source}: category {meta['category']!r} not in {CATEGORIES}")
     lists = {}
-    for key in ("aliases", "scp_codes", "snomed_codes", "mimic_patterns"):
-        value = meta[key] or []
+    for key in ("aliases", "scp_codes", "snomed_codes", "mimic_patterns", *OPTIONAL_KEYS):
+        value = meta.get(key) or []
         if not isinstance(value, list):
             raise KnowledgeError(f"{source}: {key} must be a list")
         lists[key] = tuple(str(v) for v in value)

@@ -25,10 +25,15 @@ def test_cli_build_then_query_json(tmp_path, capsys):
 
 
 def test_cli_query_knowledge_store_with_filters(built_store, capsys):
-    assert main(["query", "--store", built_store.label, "-k", "3", "--json", "--where-code", "CRBBB",
+    assert main(["query", "--store", built_store.label, "-k", "3", "--json", "--by-chunk", "--where-code", "CRBBB",
                  "M-shaped QRS in V1"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["entry"] for r in rows] == ["crbbb"] * 3 and "CRBBB" in rows[0]["codes"]
+    # the default view gives distinct findings: one code filter -> one finding with its best passages
+    assert main(["query", "--store", built_store.label, "-k", "3", "--json", "--passages", "3", "--where-code",
+                 "CRBBB", "M-shaped QRS in V1"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["entry"] for r in rows] == ["crbbb"] and len(rows[0]["passages"]) == 3
     assert main(["query", "--store", built_store.label, "--where-category", "axis", "axis of -60 degrees"]) == 0
     assert "left_axis_deviation" in capsys.readouterr().out
 
