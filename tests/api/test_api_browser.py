@@ -107,13 +107,7 @@ def test_search_page_shows_plots_and_details(server, tmp_path):
             assert docs.locator(".opblock").count() >= 10
             docs.close()
 
-            screenshot = tmp_path / "esi-search-page.png"
-            page.evaluate("window.scrollTo(0, 0)")
-            page.screenshot(path=str(screenshot), full_page=True)
-            assert screenshot.stat().st_size > 10_000
-            keep = os.environ.get("ESI_SCREENSHOT_DIR")
-            if keep:
-                shutil.copy2(screenshot, Path(keep) / screenshot.name)
+            _screenshot(page, tmp_path / "esi-search-page.png")
         finally:
             browser.close()
 
@@ -220,13 +214,7 @@ def test_page_analyses_an_uploaded_ecg(server, ptbxl_root, cinc_root, tmp_path):
             assert "resampled from 500 Hz to 100 Hz" in page.inner_text("#upload-notes")
             assert "500 Hz" in page.inner_text("#upload-meta")
 
-            screenshot = tmp_path / "esi-upload-analysis.png"
-            page.evaluate("window.scrollTo(0, 0)")
-            page.screenshot(path=str(screenshot), full_page=True)
-            assert screenshot.stat().st_size > 10_000
-            keep = os.environ.get("ESI_SCREENSHOT_DIR")
-            if keep:
-                shutil.copy2(screenshot, Path(keep) / screenshot.name)
+            _screenshot(page, tmp_path / "esi-upload-analysis.png")
 
             # A similar ECG opens its details like a search result.
             first_similar = expected_cinc["similar"][0]["id"]
@@ -246,3 +234,13 @@ def test_page_analyses_an_uploaded_ecg(server, ptbxl_root, cinc_root, tmp_path):
             assert not page.is_disabled("#upload-button")
         finally:
             browser.close()
+
+
+def _screenshot(page, path: Path) -> None:
+    """A full-page PNG (kept in $ESI_SCREENSHOT_DIR when set, for a person to look at)."""
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    keep = os.environ.get("ESI_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy2(path, Path(keep) / path.name)
