@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
@@ -55,8 +56,12 @@ def test_search_returns_scored_passages_with_metadata(built_store):
     assert top.section in {"Waveform features", "Diagnostic criteria", "Summary", "Definition"}
     scores = [p.score for p in passages]
     assert scores == sorted(scores, reverse=True)
-    for p in passages:  # fused score (reciprocal-rank fusion, recomputed in test_ranking.py) and its parts
-        assert -1.0 <= p.dense_score <= 1.0 and 0.0 <= p.lexical_score <= 1.0 and 0.0 <= p.term_score <= 1.0
+    # the dense part is the cosine of the query and chunk embeddings (the fusion is recomputed in test_ranking.py)
+    query = np.asarray(built_store.embeddings.embed_query("M-shaped QRS in V1 with a wide S wave in lead I"))
+    chunks = np.asarray(built_store.embeddings.embed_documents([p.text for p in passages]))
+    cosine = chunks @ query / (np.linalg.norm(chunks, axis=1) * np.linalg.norm(query))
+    assert [p.dense_score for p in passages] == pytest.approx(cosine.tolist(), abs=1e-4)
+    for p in passages:
         assert p.score > 0
     assert top.lexical_score > 0 and top.dense_score > 0.2
 
