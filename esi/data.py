@@ -83,6 +83,7 @@ class CaptionTable:
     views: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # record_id -> kind -> texts
     labels: dict[str, list[str]] = field(default_factory=dict)  # record_id -> native label codes
     terms: dict[str, dict[str, str]] = field(default_factory=dict)  # code -> its hierarchy names
+    generator: Any = None  # the esi.views.ViewGenerator that draws from ``views`` (set by use_views)
 
     def label_prior(self, folds: Sequence[int] | None, exclude: Sequence[int] = ()) -> dict[str, Any]:
         """How often each native label code occurs in the selected folds (saved with a model as
