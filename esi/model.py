@@ -162,6 +162,8 @@ class ESIModel(nn.Module):
             raise RuntimeError("this model was trained without a caption decoder (loss.caption_weight = 0)")
         if method not in ("greedy", "beam"):
             raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+        if method == "beam" and num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         was_training = self.training
         self.eval()
         try:
@@ -194,6 +196,10 @@ class ESIModel(nn.Module):
         tok = self.caption_tokenizer
         beams: list[tuple[list[int], float]] = [([tok.bos_id], 0.0)]
         finished: list[tuple[list[int], float]] = []
+
+        def normalised(hypothesis: tuple[list[int], float]) -> float:
+            return hypothesis[1] / max(len(hypothesis[0]) - 1, 1)  # mean log-prob per generated token
+
         for _ in range(limit):
             ids = torch.tensor([b[0] for b in beams], device=ecg_tokens.device)
             logits = self.decoder(ecg_tokens.expand(len(beams), -1, -1), ids)[:, -1].float()
@@ -208,10 +214,14 @@ class ESIModel(nn.Module):
                 (finished if seq[-1] == tok.eos_id else beams).append((seq, score))
                 if len(beams) == num_beams:
                     break
-            if len(finished) >= num_beams or not beams:
+            if not beams:
                 break
-        pool = finished or beams
-        best = max(pool, key=lambda c: c[1] / max(len(c[0]) - 1, 1))
+            # Stop when a finished caption scores at least as well as every live beam does now (Hugging Face's
+            # early_stopping=False rule). Stopping at num_beams finished hypotheses, as before, returned a
+            # low-scoring early end while the best beam was still one token from its EOS.
+            if finished and max(map(normalised, finished)) >= max(map(normalised, beams)):
+                break
+        best = max(finished + beams, key=normalised)  # live beams win only when the length limit ended the search
         return self._strip(best[0])
 
     def _strip(self, ids: list[int]) -> list[int]:
