@@ -132,7 +132,13 @@ def test_record_details_have_caption_scores_and_texts(client, api_env):
     scores = body["zero_shot"]["scores"]
     assert body["zero_shot"]["labelset"] == "ptbxl_superclass" and len(scores) == 3
     assert [s["score"] for s in scores] == sorted((s["score"] for s in scores), reverse=True)
-    assert all(0.0 <= s["probability"] <= 1.0 for s in scores)
+    # display probability: sigmoid(model temperature * score), recomputed from the returned (rounded) scores
+    from esi.model import ESIModel
+
+    scale = ESIModel.from_pretrained(api_env.model_dir).scale().item()
+    expected = [1.0 / (1.0 + np.exp(-scale * s["score"])) for s in scores]
+    assert [s["probability"] for s in scores] == pytest.approx(expected, abs=1e-5)
+    assert scores[0]["probability"] > scores[-1]["probability"] and scores[0]["score"] > scores[-1]["score"]
     texts = body["nearest_texts"]
     assert len(texts) == 4 and all(t["text"] in api_env.texts for t in texts)
     assert client.get(body["plot_url"]).status_code == 200

@@ -81,3 +81,34 @@ def esi_cqa_captions(ptbxl_root: Path, esi_pairs, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("esi_cqa") / "captions.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def recompute_zeroshot_auc():
+    """Function (model_dir, ptbxl_root, labelset, fold, limit) -> {class: sklearn ROC AUC} of the default
+    zero-shot scores on the first ``limit`` records of PTB-XL ``fold`` (100 Hz): an independent recomputation
+    of what ``zeroshot``/``eval`` report, for classes with both outcomes."""
+
+    def recompute(model_dir: Path, ptbxl_root: Path, labelset: str, fold: int, limit: int) -> dict[str, float]:
+        from sklearn.metrics import roc_auc_score
+
+        from corpora.ptbxl import PTBXLReader
+        from esi.evaluate import load_eval_data
+        from esi.inference import ESIInference
+        from esi.labelsets import load_labelset
+        from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
+
+        inference = ESIInference(model_dir)
+        data = load_eval_data(PTBXLReader(ptbxl_root, rate=100), inference.input, folds=[fold],
+                              limit_per_fold_set=limit, progress=False)
+        assert len(data.record_ids) == limit and all(data.labels)
+        chosen = load_labelset(labelset)
+        resolved = chosen.resolve(data.scp_statements) if chosen.needs_scp_statements else chosen.resolve()
+        classifier = ZeroShotClassifier.build(inference.model, resolved, "ecg", class_text=DEFAULT_CLASS_TEXT,
+                                              calibration=DEFAULT_CALIBRATION, prior=inference.label_prior)
+        scores = classifier.scores(inference.embed_signals(data.signals))
+        y = resolved.targets(data.labels, data.vocabulary)
+        return {c: float(roc_auc_score(y[:, j], scores[:, j])) for j, c in enumerate(resolved.class_ids)
+                if 0 < y[:, j].sum() < len(y)}
+
+    return recompute

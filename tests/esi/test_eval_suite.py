@@ -17,7 +17,7 @@ from esi.evaluate import EvalOptions, run_evaluation
 
 @pytest.mark.slow
 def test_eval_suite_runs_every_task_and_resumes(model_dir: Path, ptbxl_root: Path, cinc_root: Path,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, recompute_zeroshot_auc) -> None:
     options = EvalOptions(
         root=ptbxl_root, out=tmp_path / "eval", train_folds=[1, 2, 3, 4, 5, 6, 7, 8], test_folds=[9],
         cinc_root=cinc_root, zeroshot_sets=("superclass",), probe_sets=("superclass",), finetune_epochs=1,
@@ -28,7 +28,9 @@ def test_eval_suite_runs_every_task_and_resumes(model_dir: Path, ptbxl_root: Pat
     assert set(cqa) >= {"zeroshot", "probe", "finetune", "patient_id", "retrieval"}
     superclass = cqa["zeroshot"]["superclass"]
     assert superclass["n_records"] == 4 and superclass["n_train_records"] == 32
-    assert 0 <= superclass["macro_auc"] <= 1
+    expected = recompute_zeroshot_auc(model_dir, ptbxl_root, "superclass", fold=9, limit=4)  # sklearn, by hand
+    assert expected and superclass["per_class_auc"] == pytest.approx(expected, abs=1e-6)
+    assert superclass["macro_auc"] == pytest.approx(sum(expected.values()) / len(expected), abs=1e-6)
     assert set(cqa["probe"]["superclass"]["fractions"]) == {"0.01", "0.1", "1"}
     assert {"esi_init", "random_init"} <= set(cqa["finetune"]["superclass"])
     patients = cqa["patient_id"]["all_folds"]

@@ -75,7 +75,38 @@ def test_forward_encode_and_generate(small_model: ESIModel) -> None:
     greedy = small_model.generate_caption(signals[:2], max_len=6)
     beam = small_model.generate_caption(signals[:1], max_len=6, method="beam", num_beams=2)
     assert len(greedy) == 2 and all(isinstance(c, str) for c in greedy + beam)
-    assert small_model.scale() <= 100.0
+
+
+def test_scale_is_exp_logit_scale_clamped_at_100(small_model: ESIModel) -> None:
+    """Below the limit the temperature is exp(logit_scale); above it the clamp holds it at exactly 100
+    (also in the forward's logits) and passes no gradient to logit_scale, as in CLIP."""
+    assert small_model.config.max_logit_scale == 100.0
+    original, was_training = small_model.logit_scale.detach().clone(), small_model.training
+    signals = torch.randn(2, 12, 256)
+    try:
+        for value, expected, clamped in ((math.log(50.0), 50.0, False), (math.log(1000.0), 100.0, True)):
+            with torch.no_grad():
+                small_model.logit_scale.fill_(value)
+            small_model.logit_scale.grad = None
+            scale = small_model.scale()
+            assert scale.item() == pytest.approx(expected, rel=1e-6)
+            if clamped:
+                assert scale.item() == 100.0 and small_model.logit_scale.exp().item() > 999.0
+            else:
+                assert torch.equal(scale, small_model.logit_scale.exp())
+            scale.backward()
+            assert (small_model.logit_scale.grad.item() == 0.0) == clamped
+            small_model.eval()
+            with torch.no_grad():
+                out = small_model(signals, CAPTIONS[:2])
+            assert out["logit_scale"].item() == pytest.approx(expected, rel=1e-6)
+            cosine = out["ecg_features"] @ out["text_features"].T
+            assert torch.allclose(out["logits_per_ecg"], expected * cosine, rtol=1e-5, atol=1e-5)
+    finally:
+        with torch.no_grad():
+            small_model.logit_scale.copy_(original)
+        small_model.logit_scale.grad = None
+        small_model.train(was_training)
 
 
 def test_save_pretrained_round_trip_without_pickles(small_model: ESIModel, tmp_path) -> None:

@@ -35,7 +35,8 @@ def test_classifier_scores_are_cosine_similarities(model_dir: Path) -> None:
         classifier.scores(np.ones((2, 3)))
 
 
-def test_zeroshot_cli_json_on_real_fold9(model_dir: Path, ptbxl_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_zeroshot_cli_json_on_real_fold9(model_dir: Path, ptbxl_root: Path, capsys: pytest.CaptureFixture,
+                                        recompute_zeroshot_auc) -> None:
     code = main(["zeroshot", "--model", str(model_dir), "--dataset", "ptbxl", "--root", str(ptbxl_root),
                  "--labels", "superclass", "--folds", "9", "--limit", "30", "--json"])
     assert code == 0
@@ -46,8 +47,11 @@ def test_zeroshot_cli_json_on_real_fold9(model_dir: Path, ptbxl_root: Path, caps
     assert result["n_train_records"] == 30  # --limit caps the threshold set too
     assert set(result["per_class"]) == {"NORM", "MI", "STTC", "CD", "HYP"}
     evaluated = [c for c, row in result["per_class"].items() if row["auc"] is not None]
-    assert 0.0 <= result["macro_auc"] <= 1.0
-    assert result["macro_auc"] == pytest.approx(np.mean([result["per_class"][c]["auc"] for c in evaluated]))
+    # the AUCs are those of the scores, recomputed here with sklearn
+    expected = recompute_zeroshot_auc(model_dir, ptbxl_root, "superclass", fold=9, limit=30)
+    assert len(expected) >= 3 and set(evaluated) == set(expected)
+    assert {c: result["per_class"][c]["auc"] for c in evaluated} == pytest.approx(expected, abs=1e-6)
+    assert result["macro_auc"] == pytest.approx(np.mean(list(expected.values())), abs=1e-6)
     skipped = {s["class"] for s in result["skipped_classes"]}
     assert skipped == set(result["per_class"]) - set(evaluated)
     assert all(result["per_class"][c]["n_positive"] == 0 for c in skipped)
