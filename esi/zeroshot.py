@@ -240,8 +240,9 @@ class ZeroShotClassifier:
             parts = {k: v for k, v in parts.items() if k in wanted}
             rows.append(_unit_rows(np.sum(list(parts.values()), axis=0)))
             prompts[c.id] = list(dict.fromkeys(t for v in texts[c.id].values() for t in v))
-        scale = getattr(model, "logit_scale", None)
-        logit_scale = float(scale.detach().exp()) if hasattr(scale, "detach") else 10.0
+        # the temperature the model trained with: ESIModel.scale() clamps exp(logit_scale) at max_logit_scale
+        scale = model.scale() if callable(getattr(model, "scale", None)) else None
+        logit_scale = float(scale.detach()) if hasattr(scale, "detach") else 10.0
         if not math.isfinite(logit_scale) or logit_scale <= 0:
             logit_scale = 10.0
         return cls(labelset, np.stack(rows).astype(np.float32), prompts, logit_scale=logit_scale,

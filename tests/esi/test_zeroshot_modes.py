@@ -127,3 +127,20 @@ def test_query_evaluation_matches_a_recomputation(model_dir: Path, ptbxl_root: P
     assert result["mean_precision@5"] == pytest.approx(np.mean([r["precision@5"] for r in result["queries"].values()]))
     for query in result["skipped_queries"]:  # no relevant record among these 40: left out of the means
         assert query not in result["queries"]
+
+
+def test_display_temperature_is_the_models_clamped_scale(model_dir: Path, ptbxl_root: Path) -> None:
+    """The classifier's temperature is ``ESIModel.scale()``: exp(logit_scale) below the clamp, 100 above it."""
+    import math
+
+    import torch
+
+    from esi.inference import load_model
+
+    model = load_model(model_dir)
+    labelset = load_labelset("superclass").resolve(ptbxl_root / "scp_statements.csv")
+    for logit_scale, expected in ((math.log(50.0), 50.0), (math.log(1000.0), 100.0)):
+        with torch.no_grad():
+            model.logit_scale.fill_(logit_scale)
+        classifier = ZeroShotClassifier.build(model, labelset, class_text="templates")
+        assert classifier.logit_scale == pytest.approx(expected, rel=1e-5)
