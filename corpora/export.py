@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .base import DatasetReader, ECGRecord, RecordError, Skip
 from .preprocess import Preprocess
 
@@ -63,22 +62,6 @@ SCHEMA_VERSION = 1
 # export_config.json keys that describe the input rather than the settings: they may change on resume
 _INPUT_KEYS = ("n_ids", "first_id", "last_id")
 _SHARD_FILE = re.compile(r"^shard-(\d{5,})\.(?:parquet|done\.json)$")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         delete=False)
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_json(path: Path, value: Any) -> None:
-    _atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def ids_fingerprint(record_ids: Sequence[str]) -> str:
@@ -172,7 +155,7 @@ def export_reader(
     if previous is not None and _settings(previous) != _settings(config):
         raise ValueError(f"{out} holds an export with other settings ({config_path}); use an empty folder")
     if previous != config:  # new, or the input changed since: each shard checks its own ids below
-        _atomic_write_json(config_path, config)
+        atomic_write_json(config_path, config)
 
     slices = [record_ids[start:start + shard_size] for start in range(0, len(record_ids), shard_size)]
     n_shards = len(slices)
@@ -198,12 +181,11 @@ def export_reader(
             bar.update(1)
         parquet = out / _shard_name(shard)
         if records:
-            temporary = out / f".{parquet.name}.tmp"
-            pq.write_table(records_to_table(records), temporary)
-            os.replace(temporary, parquet)
+            table = records_to_table(records)
+            atomic_write(parquet, lambda tmp, table=table: pq.write_table(table, tmp))
         else:
             parquet.unlink(missing_ok=True)
-        _atomic_write_json(marker, {
+        atomic_write_json(marker, {
             "shard": parquet.name if records else None,
             "n_ids": len(ids),
             "ids_sha256": ids_fingerprint(ids),
@@ -264,7 +246,7 @@ def _finish(out: Path, config: dict[str, Any], n_shards: int) -> dict[str, Any]:
         skipped.extend(marker["skipped"])
         shapes.extend(list(shape) for shape in marker["shapes"])
         rates.extend(marker["sampling_rates"])
-    _atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped))
+    atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped))
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "dataset": config["dataset"],
@@ -278,7 +260,7 @@ def _finish(out: Path, config: dict[str, Any], n_shards: int) -> dict[str, Any]:
         "shards": shards,
         "columns": [field.name for field in SCHEMA],
     }
-    _atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
 

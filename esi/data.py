@@ -1,8 +1,9 @@
 """Training pairs: ECG signals (corpora export Parquet) joined by ``record_id`` with captions (CQA Parquet).
 
-Signal schema (fixed, written by corpora/export.py): record_id, dataset, subject_id, fold, age, sex,
-sampling_rate, n_leads, n_samples, signal (list<float32>, row-major leads x samples), labels,
-label_vocabulary, report. Caption schema: record_id, caption, label_text (no_cqa ablation), fold.
+Signal schema: :data:`corpora.export.SCHEMA` (written by ``corpora export`` and by :func:`write_pairs`);
+training reads :data:`SIGNAL_COLUMNS` of it. Each row goes through the model-input stage of the one
+signal transform (:func:`corpora.preprocess.model_input`), as a served record does after its export
+stage. Caption schema: record_id, caption, label_text (no_cqa ablation), fold.
 
 Both inputs may be one Parquet file or a directory of them. The join is reported, never silent:
 caption rows without a signal and signals without a caption (within the selected folds) are
@@ -24,7 +25,6 @@ import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from scipy.signal import resample_poly
+
+from corpora.base import RecordError
+from corpora.export import SCHEMA as SIGNAL_SCHEMA
+from corpora.export import records_to_table
+from corpora.preprocess import model_input
+from corpora.preprocessors import Pipeline
 
 log = logging.getLogger(__name__)
 
 SIGNAL_COLUMNS = ("record_id", "fold", "sampling_rate", "n_leads", "n_samples", "signal")
+assert set(SIGNAL_COLUMNS) <= set(SIGNAL_SCHEMA.names)
 N_LEADS = 12
 
 
@@ -242,37 +248,26 @@ def fold_selected(fold: int | None, folds: Sequence[int] | None, exclude: Sequen
 
 
 def preprocess_signal(flat: np.ndarray, record_id: str, n_leads: int, n_samples: int, sampling_rate: float,
-                      target_rate: float, target_samples: int) -> np.ndarray:
-    """(12, target_samples) float32: reshape, resample, impute NaN per lead, crop/pad, z-score the record.
+                      target_rate: float, target_samples: int, pipeline: Pipeline | None = None) -> np.ndarray:
+    """(12, target_samples) float32: one exported row checked, reshaped and run through the model-input
+    stage (:func:`corpora.preprocess.model_input`: NaN repair, resample, crop/pad, z-score over the record).
 
-    The z-score over the whole record (all leads and samples) and per-lead mean imputation follow
-    the official ESI loader.
+    ``pipeline`` is that stage prebuilt for ``(target_rate, target_samples)``, so a loader builds it once.
     """
     if n_leads != N_LEADS:
         raise DataError(f"record {record_id}: has {n_leads} leads, ESI needs {N_LEADS}")
     if flat.size != n_leads * n_samples:
         raise DataError(f"record {record_id}: signal has {flat.size} values, expected n_leads*n_samples = "
                         f"{n_leads}*{n_samples}")
-    signal = flat.reshape(n_leads, n_samples).astype(np.float64)
     if not np.isfinite(sampling_rate) or sampling_rate <= 0:
         raise DataError(f"record {record_id}: invalid sampling_rate {sampling_rate}")
-    nan = ~np.isfinite(signal)
-    if nan.any():
-        if nan.all():
-            raise DataError(f"record {record_id}: signal has no finite values")
-        for lead in np.flatnonzero(nan.any(axis=1)):
-            finite = signal[lead][~nan[lead]]
-            signal[lead][nan[lead]] = finite.mean() if finite.size else 0.0
-    if abs(sampling_rate - target_rate) > 1e-6:
-        ratio = Fraction(target_rate / sampling_rate).limit_denominator(1000)
-        signal = resample_poly(signal, ratio.numerator, ratio.denominator, axis=1)
-    if signal.shape[1] >= target_samples:
-        signal = signal[:, :target_samples]
-    else:
-        signal = np.pad(signal, ((0, 0), (0, target_samples - signal.shape[1])))
-    std = signal.std()
-    signal = (signal - signal.mean()) / (std + 1e-6)
-    return signal.astype(np.float32)
+    signal = flat.reshape(n_leads, n_samples)
+    if not np.isfinite(signal).any():
+        raise DataError(f"record {record_id}: signal has no finite values")
+    try:
+        return (pipeline or model_input(target_rate, target_samples))(signal, sampling_rate, record_id)
+    except RecordError as err:
+        raise DataError(f"record {err}") from err
 
 
 def _signal_rows(batch: pa.RecordBatch) -> Iterator[tuple[str, int | None, float, int, int, np.ndarray]]:
@@ -305,6 +300,7 @@ class _PairSourceBase:
         self.exclude = list(exclude_folds)
         self.target_rate = target_rate
         self.target_samples = target_samples
+        self.pipeline = model_input(target_rate, target_samples)
         self.seed = seed
         self.stats = JoinStats(empty_captions=captions.empty)
         # units = (file, row group, number of joinable rows in it)
@@ -347,7 +343,8 @@ class _PairSourceBase:
                         continue
                     try:
                         signal = preprocess_signal(np.asarray(flat), record_id, int(leads), int(samples),
-                                                   float(rate), self.target_rate, self.target_samples)
+                                                   float(rate), self.target_rate, self.target_samples,
+                                                   self.pipeline)
                     except (DataError, TypeError) as error:
                         self.stats.skipped_records.append((record_id, f"{file.name}: {error}"))
                         log.warning("skipping %s (%s): %s", record_id, file, error)
@@ -481,48 +478,31 @@ def augment(signals: torch.Tensor, generator: torch.Generator, jitter: float = 0
 
 
 # ---- writers in the fixed schemas (test fixtures, benchmarks, demos; the real export is corpora/export.py) -------
-def label_text(record) -> str:
-    """Raw label descriptions joined (the no_cqa ablation's text), highest confidence first."""
-    names = []
-    for code, _ in sorted(record.labels.items(), key=lambda item: -item[1]):
-        info = record.label_info.get(code) or {}
-        names.append(str(info.get("description") or code))
-    return "; ".join(names)
-
-
 def template_caption(record) -> str:
     """A deterministic stand-in caption (demographics + label descriptions) where CQA output is absent."""
     who = " ".join(p for p in (f"{record.age:g}-year-old" if record.age is not None else "",
                                record.sex or "patient") if p)
-    return f"ECG of a {who}. Findings: {label_text(record) or 'none recorded'}."
+    return f"ECG of a {who}. Findings: {_label_text(record) or 'none recorded'}."
+
+
+def _label_text(record) -> str:
+    """:func:`cqa.caption.label_text` (the no_cqa ablation's text), highest confidence first."""
+    from cqa.caption import label_text
+
+    ranked = dict(sorted(record.labels.items(), key=lambda item: -item[1]))
+    return label_text(ranked, record.label_vocabulary, record.label_info)
 
 
 def write_pairs(records, signals_path: str | Path, captions_path: str | Path, row_group_size: int = 64) -> int:
-    """Write ECGRecords to a signal Parquet (export schema) and a caption Parquet; returns the row count."""
-    import json
-
-    signal_rows: list[dict] = []
-    caption_rows: list[dict] = []
-    for record in records:
-        signal = np.asarray(record.signal, dtype=np.float32)
-        signal_rows.append({
-            "record_id": record.record_id, "dataset": record.dataset, "subject_id": record.subject_id,
-            "fold": record.fold, "age": record.age, "sex": record.sex, "sampling_rate": float(record.sampling_rate),
-            "n_leads": int(signal.shape[0]), "n_samples": int(signal.shape[1]), "signal": signal.ravel(),
-            "labels": json.dumps(record.labels), "label_vocabulary": record.label_vocabulary,
-            "report": record.report})
-        caption_rows.append({"record_id": record.record_id, "caption": template_caption(record),
-                             "label_text": label_text(record), "fold": record.fold})
-    schema = pa.schema([
-        ("record_id", pa.string()), ("dataset", pa.string()), ("subject_id", pa.string()), ("fold", pa.int64()),
-        ("age", pa.float64()), ("sex", pa.string()), ("sampling_rate", pa.float64()), ("n_leads", pa.int64()),
-        ("n_samples", pa.int64()), ("signal", pa.list_(pa.float32())), ("labels", pa.string()),
-        ("label_vocabulary", pa.string()), ("report", pa.string())])
-    table = pa.Table.from_pylist(signal_rows, schema=schema)
+    """Write ECGRecords to a signal Parquet (:data:`corpora.export.SCHEMA`, as ``corpora export`` writes it)
+    and a caption Parquet; returns the row count."""
+    records = list(records)
     Path(signals_path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, signals_path, row_group_size=row_group_size)
+    pq.write_table(records_to_table(records), signals_path, row_group_size=row_group_size)
+    caption_rows = [{"record_id": record.record_id, "caption": template_caption(record),
+                     "label_text": _label_text(record), "fold": record.fold} for record in records]
     caption_schema = pa.schema([("record_id", pa.string()), ("caption", pa.string()), ("label_text", pa.string()),
                                 ("fold", pa.int64())])
     Path(captions_path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(caption_rows, schema=caption_schema), captions_path)
-    return len(signal_rows)
+    return len(records)

@@ -2,8 +2,9 @@
 
 Input rules (so a user never gets a silently wrong answer):
 
-- signals go through :func:`esi.data.preprocess_signal`, the transform used in pretraining
-  (resample with ``scipy.signal.resample_poly``, crop/pad, z-score over the record);
+- signals go through the one signal transform of :mod:`corpora.preprocess`: the model's export
+  stage (its ``signal_preprocess``), then the model-input stage (resample with
+  ``scipy.signal.resample_poly``, crop/pad, z-score over the record), exactly as its training rows did;
 - a record at another sampling rate than the model's is resampled and the returned :class:`PreparedECG` says so in ``notes`` (a :class:`ResampledWarning` is emitted);
 - a record longer than the model's window is cropped to its first ``n_samples``, a shorter one is
   zero-padded at the end; both are noted;
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from corpora.base import STANDARD_LEADS, ECGRecord, RecordError, Skip, check_signal
 from corpora.formats import FILE_SUFFIXES, read_ecg_file
-from esi.data import preprocess_signal
+from corpora.preprocess import Preprocess, model_input
 from esi.zeroshot import embed_texts, to_numpy
 
 
@@ -214,8 +215,6 @@ def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, war
     if preprocess is not None:
         from dataclasses import replace
 
-        from corpora.preprocess import Preprocess
-
         try:
             record = Preprocess(**preprocess)(replace(record, signal=signal))
         except RecordError as err:
@@ -236,9 +235,11 @@ def fit_to_model(record: ECGRecord, sampling_rate: float, n_samples: int, *, war
         notes.append(f"cropped to the first {n_samples / sampling_rate:g} s of {length / sampling_rate:g} s")
     elif length < n_samples - 0.5:
         notes.append(f"zero-padded from {length / sampling_rate:g} s to {n_samples / sampling_rate:g} s")
-    # The exact transform the model was trained with (resample, crop/pad, z-score over the record).
-    signal = preprocess_signal(signal.ravel(), rid, signal.shape[0], signal.shape[1], float(rate),
-                               float(sampling_rate), int(n_samples))
+    # The model-input stage its training rows went through (resample, crop/pad, z-score over the record).
+    try:
+        signal = model_input(sampling_rate, n_samples)(signal, float(rate), rid)
+    except RecordError as err:
+        raise InputError(str(err)) from err
     return PreparedECG(rid, np.ascontiguousarray(signal, dtype=np.float32), list(dict.fromkeys(notes)), record)
 
 

@@ -60,7 +60,8 @@ class ESIConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     # corpora.preprocess.Preprocess parameters of the training signals (their export's
-    # export_config.json), re-applied to raw records at inference so the model sees the same band.
+    # export_config.json), re-applied to raw records at inference so the model sees the same band; the
+    # model-input stage after it (corpora.preprocess.model_input) takes sampling_rate and n_samples above.
     signal_preprocess: dict[str, Any] | None = None
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = checked(100.0, gt=0.0)

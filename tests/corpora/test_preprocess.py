@@ -149,3 +149,52 @@ def test_invalid_parameters_and_inputs() -> None:
         Preprocess()(ECGRecord("m", "test", None, None))
     with pytest.raises(RecordError, match="too short"):
         Preprocess()(_record(np.ones((12, 20)), 500))
+
+
+# ---- the steps and the model-input stage (corpora.preprocessors) ------------------------------------------
+
+
+@pytest.mark.parametrize(("native", "target", "up", "down"),
+                         [(500, 100, 1, 5), (257, 100, 100, 257), (1000, 250, 1, 4), (100, 500, 5, 1), (360, 100, 5, 18)])
+def test_resampling_ratio_is_exact_for_integer_rates(native, target, up, down) -> None:
+    from fractions import Fraction
+
+    from corpora.preprocessors import resampling_ratio
+
+    ratio = resampling_ratio(native, target)
+    assert (ratio.numerator, ratio.denominator) == (up, down)
+    # the training loader's old rule (float quotient, denominator <= 1000) gives the same ratio
+    assert ratio == Fraction(target / native).limit_denominator(1000)
+
+
+def test_resampling_ratio_of_a_non_integer_rate_stays_small() -> None:
+    from corpora.preprocessors import MAX_RATIO_DENOMINATOR, resampling_ratio
+
+    ratio = resampling_ratio(1000 / 3, 100)
+    assert ratio.denominator <= MAX_RATIO_DENOMINATOR and float(ratio) == pytest.approx(0.3, rel=1e-6)
+
+
+def test_preprocess_is_a_pipeline_of_its_steps() -> None:
+    from corpora.preprocessors import BandPass, FitLength, HoldZeroFilled, NanRepair, Normalise, Resample
+
+    steps = Preprocess(target_rate=100, normalise="zscore", nan="zero").pipeline().steps
+    assert steps == (NanRepair("zero"), BandPass(0.5, 40.0, order=4), Resample(100), FitLength(seconds=10.0),
+                     Normalise("zscore", scope="lead"), HoldZeroFilled())
+    record = _record(_sines(500, 10, 3.0, 12.0) * np.arange(1, 13)[:, None], 500)
+    direct = Preprocess(target_rate=100, normalise="zscore")(record).signal
+    pipeline = Preprocess(target_rate=100, normalise="zscore").pipeline()
+    np.testing.assert_array_equal(pipeline(record.signal, 500, "t1"), direct)
+
+
+def test_model_input_stage_z_scores_the_whole_record_with_padding() -> None:
+    from corpora.preprocess import MODEL_INPUT_EPS, model_input
+
+    data = _sines(500, 6, 3.0) * np.arange(1, 13)[:, None]
+    data[2, 40:60] = np.nan
+    out = model_input(100.0, 1000)(data, 500.0, "t1")
+    assert out.shape == (12, 1000) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert abs(float(out.mean())) < 1e-5 and float(out.std()) == pytest.approx(1 / (1 + MODEL_INPUT_EPS), abs=1e-4)
+    padding = out[:, 600:]  # 6 s of 10: the padding is z-scored with the record, so it is one constant
+    assert np.ptp(padding) == 0 and padding[0, 0] != 0
+    # leads keep their relative scale (one z-score for all), unlike the export's per-lead normalisation
+    assert np.std(out[11, :600]) == pytest.approx(12 * np.std(out[0, :600]), rel=1e-3)

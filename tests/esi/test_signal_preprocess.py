@@ -125,3 +125,33 @@ def test_inference_wrapper_applies_the_model_preprocessing(bandpassed_export) ->
     assert not np.allclose(ESIInference(create_model("micro", loss={"caption_weight": 0.0},
                                                      decoder={"restrict_vocab": False})).prepare(raw, warn=False).signal,
                            expected, atol=1e-2)
+
+
+@pytest.mark.parametrize("preprocess", [
+    Preprocess(),
+    Preprocess(target_rate=250, baseline=True, normalise="zscore", duration_s=12.0, crop="centre"),
+], ids=["default", "baseline-250Hz-zscore-padded"])
+def test_export_path_and_serving_path_give_identical_arrays(ptbxl_root: Path, tmp_path: Path, preprocess) -> None:
+    """The same raw PTB-XL records, (a) exported by ``corpora export`` and loaded by the training loader with
+    the preprocessing read back from the export, (b) served through ``fit_to_model``: bit-identical arrays."""
+    reader = PTBXLReader(ptbxl_root, rate=500)
+    export_reader(reader, tmp_path / "export", preprocess=preprocess, shard_size=2, limit=3, progress=False)
+    ids = reader.record_ids()[:3]
+    captions = CaptionTable(texts={rid: "sinus rhythm" for rid in ids}, folds={rid: None for rid in ids}, empty=0)
+    trained = InMemoryPairs(tmp_path / "export", captions, None, target_rate=100.0, target_samples=1000)
+    assert trained.record_ids == ids
+    saved = export_preprocess(tmp_path / "export")  # what training stores as the model's signal_preprocess
+    for rid, row in zip(ids, trained.signals, strict=True):
+        served = fit_to_model(reader.read(rid), 100.0, 1000, warn=False, preprocess=saved)
+        assert served.signal.dtype == row.dtype == np.float32
+        np.testing.assert_array_equal(served.signal, row)
+
+
+def test_serving_a_record_does_not_import_the_training_data_module() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, esi.inference, esi.api.app, esi.search, esi.evaluate; "
+            "assert 'esi.data' not in sys.modules, 'esi.data was imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
