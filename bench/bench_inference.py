@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    from esi.evaluate import atomic_write_text
     from esi.inference import ESIInference, save_random_model
+    from esi.io import atomic_write_text
     from esi.labelsets import load_labelset
     from esi.zeroshot import ZeroShotClassifier
 

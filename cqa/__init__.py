@@ -14,16 +14,17 @@ Public API::
 CLI: ``python -m cqa caption ...`` and ``python -m cqa explain ...`` (see ``cqa.__main__``).
 """
 
-from cqa.batch import BatchError, read_captions, run_batch
+from cqa.batch import BatchError, read_output, run_batch
 from cqa.cache import DescriptionCache
 from cqa.caption import Caption, Captioner, compose_caption, demographics, label_text
+from cqa.explain import Explanation, explain_labels
 from cqa.llm import Describer, LLMBackend, LLMError, load_llm
 from cqa.normalize import Finding, Normalized, Normalizer, UnknownLabel, normalize_labels, statement_coverage
 from cqa.validate import CaptionCheck, check_caption, grounded_description, validate_description
 
 __all__ = [
-    "BatchError", "Caption", "CaptionCheck", "Captioner", "Describer", "DescriptionCache", "Finding", "LLMBackend",
-    "LLMError", "Normalized", "Normalizer", "UnknownLabel", "check_caption", "compose_caption", "demographics",
-    "grounded_description", "label_text", "load_llm", "normalize_labels", "read_captions", "run_batch",
-    "statement_coverage", "validate_description",
+    "BatchError", "Caption", "CaptionCheck", "Captioner", "Describer", "DescriptionCache", "Explanation", "Finding",
+    "LLMBackend", "LLMError", "Normalized", "Normalizer", "UnknownLabel", "check_caption", "compose_caption",
+    "demographics", "explain_labels", "grounded_description", "label_text", "load_llm", "normalize_labels",
+    "read_output", "run_batch", "statement_coverage", "validate_description",
 ]

@@ -131,32 +131,18 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .caption import label_text
-    from .normalize import default_normalizer
+    from .explain import explain_labels
 
-    normalizer = default_normalizer()
     codes = [c.strip() for c in args.codes.split(",") if c.strip()]
     if not codes and not args.statement:
         raise ValueError("give --codes and/or --statement")
-    vocabulary = "" if args.vocabulary == "plain" else args.vocabulary
-    labels = {c: 100.0 for c in codes}
-    normalized = normalizer.normalize(labels, vocabulary)
-    if args.statement:
-        statements = normalizer.normalize({s: 100.0 for s in args.statement}, "mimic_statement")
-        normalized = normalizer.merge(normalized, statements)
-        labels.update({s: 100.0 for s in args.statement})
     captioner = build_captioner(args, need_store=True)
-    caption = captioner.caption(normalized, age=args.age, sex=args.sex, labels=labels,
-                                text_of_labels=label_text(labels, vocabulary), with_passages=True)
-    passages = [dict(p.to_dict() if hasattr(p, "to_dict") else {"text": str(p)}, finding=fid)
-                for fid, items in caption.passages.items() for p in items]
+    explanation = explain_labels(captioner, codes, statements=args.statement, vocabulary=args.vocabulary,
+                                 age=args.age, sex=args.sex)
+    caption, passages = explanation.caption, explanation.passages
     if args.json:
-        print(json.dumps({
-            "caption": caption.caption, "findings": [f.to_dict() for f in caption.findings],
-            "negated": [f.to_dict() for f in caption.negated], "sources": caption.sources,
-            "passages": passages, "label_text": caption.label_text, "unknown_labels": caption.unknown_labels,
-            "model_id": captioner.model_id, "stats": captioner.stats,
-        }, ensure_ascii=False, indent=1))
+        print(json.dumps({**explanation.to_dict(), "model_id": captioner.model_id, "stats": captioner.stats},
+                         ensure_ascii=False, indent=1))
         return 0
     print(caption.caption)
     print("\nFindings:")

@@ -15,16 +15,15 @@ input's ids at its positions is recomputed, and the parts that still match are k
 records are recorded in that metadata with the reason, never dropped silently.
 
 Load the result with ``datasets.load_dataset("parquet", data_files=f"{OUT}/data/*.parquet")`` or
-:func:`read_captions`.
+:func:`read_output`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from corpora.atomic import atomic_write, atomic_write_text
 from corpora.base import DatasetReader, RecordError
 from corpora.export import ids_fingerprint, made_from
 
@@ -58,32 +58,10 @@ class BatchError(ValueError):
     """The output folder cannot be resumed with these settings; the message says why and what to do."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_part(path: Path, rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def existing_parts(data_dir: Path) -> dict[tuple[int, int], Path]:
@@ -189,9 +167,18 @@ def summarise(out: str | Path) -> dict[str, Any]:
     return {"rows": rows, "skipped": skipped, "finding_sources": sources, "rows_with_unknown_labels": unknown}
 
 
-def read_captions(out: str | Path) -> pa.Table:
-    """All parts of an output folder as one Arrow table, in record order."""
+def read_output(out: str | Path) -> pa.Table:
+    """All parts of an output folder as one Arrow table, in record order (ESI's training loader reads
+    caption Parquet with :func:`esi.data.read_captions`)."""
     parts = [p for _, p in sorted(existing_parts(Path(out) / "data").items())]
     if not parts:
         raise FileNotFoundError(f"{out}: no caption parts under data/")
     return pa.concat_tables([pq.read_table(p).replace_schema_metadata(None) for p in parts])
+
+
+def __getattr__(name: str) -> Any:
+    """``read_captions``, this function's old name, for one release (``esi.data.read_captions`` is the loader)."""
+    if name == "read_captions":
+        warnings.warn("cqa.batch.read_captions is now cqa.batch.read_output", DeprecationWarning, stacklevel=2)
+        return read_output
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

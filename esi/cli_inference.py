@@ -117,6 +117,7 @@ def _add_class_text_options(p: argparse.ArgumentParser) -> None:
 def _run_zeroshot(args: argparse.Namespace) -> int:
     from esi.evaluate import load_eval_data, merge_eval_data, parse_folds, zeroshot_evaluation
     from esi.inference import ESIInference
+    from esi.io import format_number
     from esi.labelsets import load_labelset
     from esi.zeroshot import DEFAULT_CLASS_TEXT
 
@@ -151,11 +152,12 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
         return 0
-    print(f"{result['labelset']} on {args.dataset} ({result['n_records']} test records): "
-          f"macro AUC {_f(result['macro_auc'])}, macro F1 {_f(result['macro_f1'])}")
+    auc, f1 = format_number(result["macro_auc"], "-"), format_number(result["macro_f1"], "-")
+    print(f"{result['labelset']} on {args.dataset} ({result['n_records']} test records): macro AUC {auc}, macro F1 {f1}")
     print(f"{'class':<12} {'n_pos':>6} {'AUC':>6} {'F1':>6}  display")
     for class_id, row in result["per_class"].items():
-        print(f"{class_id:<12} {row['n_positive']:>6} {_f(row['auc']):>6} {_f(row['f1']):>6}  {row['display']}")
+        auc, f1 = format_number(row["auc"], "-"), format_number(row["f1"], "-")
+        print(f"{class_id:<12} {row['n_positive']:>6} {auc:>6} {f1:>6}  {row['display']}")
     if result.get("n_unlabelled_excluded"):
         print(f"{result['n_unlabelled_excluded']} record(s) without any label left out (unannotated, not negative)")
     if result.get("f1_note"):
@@ -177,12 +179,6 @@ def _metadata(reader):
             yield reader.read_metadata(record_id)
         except RecordError:
             continue
-
-
-def _f(value: Any) -> str:
-    import math
-
-    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
 
 
 # ---- index-ecgs / search -------------------------------------------------------------------------

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +25,7 @@ from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from corpora.base import DatasetReader, ECGRecord, RecordError, Skip
 from esi.inference import ESIInference, InputError, ModelInput, ResampledWarning
+from esi.io import atomic_write_text, format_number
 from esi.labelsets import LabelSet, load_labelset
 from esi.zeroshot import (
     DEFAULT_CALIBRATION,
@@ -146,14 +145,6 @@ def recall_at_k(
     best_relevant = np.where(relevant, similarity, -np.inf).max(axis=1, keepdims=True)
     rank = ((similarity > best_relevant) & ~relevant).sum(axis=1)
     return {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(fh.name, path)
 
 
 def to_json(obj: Any) -> str:
@@ -695,12 +686,6 @@ def _run_task(task: str, variant: str, inference: ESIInference, options: EvalOpt
     return result
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def summary_rows(model_results: dict[str, Any]) -> dict[str, Any]:
     """Flat ``metric -> value`` view of one model's results (the rows of the Markdown table)."""
     rows: dict[str, Any] = {}
@@ -711,10 +696,10 @@ def summary_rows(model_results: dict[str, Any]) -> dict[str, Any]:
             rows[f"reference {variant} ({reference.replace('_', '-')}): macro AUC"] = ref.get("macro_auc")
     for r in model_results.get("query", {}).values():
         for k in (5, 10):
-            rows[f"query by text: mean precision@{k} (chance {_fmt(r.get('mean_chance'))}, best possible "
-                 f"{_fmt(r.get(f'mean_ceiling@{k}'))})"] = r.get(f"mean_precision@{k}")
+            rows[f"query by text: mean precision@{k} (chance {format_number(r.get('mean_chance'))}, best possible "
+                 f"{format_number(r.get(f'mean_ceiling@{k}'))})"] = r.get(f"mean_precision@{k}")
         for query, q in r.get("queries", {}).items():
-            rows[f"query \"{query}\": precision@5 (chance {_fmt(q.get('chance'))})"] = q.get("precision@5")
+            rows[f"query \"{query}\": precision@5 (chance {format_number(q.get('chance'))})"] = q.get("precision@5")
     for variant, r in model_results.get("probe", {}).items():
         for fraction, f in r.get("fractions", {}).items():
             rows[f"linear probe {variant} {float(fraction):.0%}: macro AUC"] = f.get("macro_auc")
@@ -747,5 +732,5 @@ def markdown_table(results: dict[str, Any]) -> str:
         "positive or negative test records (see results.json). PTB-XL: Wagner et al., Sci Data 2020 (CC BY 4.0).",
         "", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
     ]
-    lines += [f"| {m} | " + " | ".join(_fmt(rows[n].get(m)) for n in names) + " |" for m in metrics]
+    lines += [f"| {m} | " + " | ".join(format_number(rows[n].get(m)) for n in names) + " |" for m in metrics]
     return "\n".join(lines) + "\n"

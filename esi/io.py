@@ -1,48 +1,47 @@
-"""Atomic file writes (temp file in the same directory + os.replace) so a crash never leaves half a file."""
+"""Writing ESI's outputs: atomic files (:mod:`corpora.atomic`: temp file, fsync, ``os.replace``, so a crash
+never leaves half a file) for configs, checkpoints and results, and the one number format of reports.
+torch and safetensors are imported only by the checkpoint writers, so reports and CLIs stay light."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import math
+import numbers
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
+from corpora.atomic import atomic_write, atomic_write_text
+from corpora.atomic import atomic_write_json as _atomic_write_json
 
+if TYPE_CHECKING:
+    import torch
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["atomic_save_safetensors", "atomic_torch_save", "atomic_write", "atomic_write_json", "atomic_write_text",
+           "format_number"]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    _atomic(path, write)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """Indented JSON with sorted keys (configs and checkpoints diff cleanly)."""
+    _atomic_write_json(path, data, sort_keys=True)
 
 
 def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def format_number(value: Any, missing: str = "–") -> str:
+    """A metric for a report table: floats to 3 decimals; None, NaN and inf as ``missing`` (an undefined
+    metric must not print as a number); anything else (counts, text) as ``str``."""
+    if value is None:
+        return missing
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # numpy floats too
+        return f"{value:.3f}" if math.isfinite(value) else missing
+    return str(value)

@@ -25,12 +25,13 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from esi.io import atomic_write_text, format_number
 
 DEFAULT_QUERY = "wide QRS with M-shaped complex in V1"
 STEP_NAMES = ("store", "captions", "signals", "pretrain", "zeroshot", "index", "examples")
@@ -38,13 +39,6 @@ STEP_NAMES = ("store", "captions", "signals", "pretrain", "zeroshot", "index", "
 
 def default_data_root() -> Path:
     return Path(os.environ.get("ESI_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(fh.name, path)
 
 
 @dataclass
@@ -140,14 +134,14 @@ class Pipeline:
             with contextlib.redirect_stdout(buffer):
                 code = step.entry(argv)
             if code == 0:
-                _atomic_write(step.capture, buffer.getvalue())
+                atomic_write_text(step.capture, buffer.getvalue())
         else:
             code = step.entry(argv)
         if code != 0:
             raise SystemExit(f"step {step.name!r} failed with exit code {code}; fix the error above and re-run "
                              "(finished steps are skipped)")
         self.timings[step.name] = time.perf_counter() - start
-        _atomic_write(self._marker(step.name), json.dumps({"argv": step.argv, "seconds": self.timings[step.name]}))
+        atomic_write_text(self._marker(step.name), json.dumps({"argv": step.argv, "seconds": self.timings[step.name]}))
 
     def run(self) -> int:
         if not self.ptbxl.is_dir():
@@ -161,20 +155,20 @@ class Pipeline:
             self.run_step(step, number, total)
         print(f"\n[{total}/{total}] examples of each capability", flush=True)
         report = self.examples()
-        _atomic_write(self.path("report.md"), report)
+        atomic_write_text(self.path("report.md"), report)
         print(report)
         print(f"run directory: {self.run_dir}")
         return 0
 
     # ---- report ----------------------------------------------------------------------------------
     def examples(self) -> str:
-        from cqa.batch import read_captions
+        from cqa.batch import read_output
         from esi.inference import ESIInference
         from esi.search import ECGIndex, TextIndex, ephemeral_client, knowledge_texts, open_collection
 
         model_dir = self.path("model", "final")
         inference = ESIInference(model_dir)
-        captions = read_captions(self.path("captions")).to_pylist()
+        captions = read_output(self.path("captions")).to_pylist()
         fold9 = [row for row in captions if row.get("fold") == 9]
         example = next((r for r in fold9 if "CRBBB" in (r.get("labels") or "")), fold9[0] if fold9 else captions[0])
         record_path = self.ptbxl / _ptbxl_filename(self.ptbxl, example["record_id"])
@@ -214,16 +208,16 @@ class Pipeline:
             "| measure | value |",
             "|---|---|",
             f"| captions written | {summary.get('rows')} (finding sources {summary.get('finding_sources')}) |",
-            f"| zero-shot superclass macro AUC (fold 9) | {_fmt(zeroshot.get('macro_auc'))} |",
-            f"| zero-shot superclass macro F1 (fold 9) | {_fmt(zeroshot.get('macro_f1'))} |",
+            f"| zero-shot superclass macro AUC (fold 9) | {format_number(zeroshot.get('macro_auc'))} |",
+            f"| zero-shot superclass macro F1 (fold 9) | {format_number(zeroshot.get('macro_f1'))} |",
             f"| zero-shot records evaluated | {zeroshot.get('n_records')} |",
             f"| zero-shot class text, calibration | {zeroshot.get('class_text')}, {zeroshot.get('calibration')} |",
             f"| query by text: mean precision@5 over {len(queries['queries'])} class queries (fold 9; chance "
-            f"{_fmt(queries['mean_chance'])}) | {_fmt(queries['mean_precision@5'])} |",
-            f"| query by text: \"normal ECG\" precision@5 | {_fmt(queries['queries']['normal ECG']['precision@5'])} |",
+            f"{format_number(queries['mean_chance'])}) | {format_number(queries['mean_precision@5'])} |",
+            f"| query by text: \"normal ECG\" precision@5 | {format_number(queries['queries']['normal ECG']['precision@5'])} |",
         ]
         for key, value in metrics.items():
-            lines.append(f"| validation {key} | {_fmt(value)} |")
+            lines.append(f"| validation {key} | {format_number(value)} |")
         for name, seconds in self.timings.items():
             lines.append(f"| time: {name} | {seconds / 60:.1f} min |")
         if self.skipped:
@@ -260,7 +254,7 @@ class Pipeline:
             "",
             "| query | precision@5 | chance |",
             "|---|---|---|",
-            *[f"| {q} | {_fmt(r['precision@5'])} | {_fmt(r['chance'])} |" for q, r in queries["queries"].items()],
+            *[f"| {q} | {format_number(r['precision@5'])} | {format_number(r['chance'])} |" for q, r in queries["queries"].items()],
             "",
             "The validation rows above include `val_ref_caption_centroid_auc` and `val_ref_ecg_prototype_auc`: "
             "the fold-9 superclass AUC of the class centres built from the training captions and training ECGs, "
@@ -296,10 +290,6 @@ def _last_validation(path: Path) -> dict[str, Any]:
         if any(str(k).startswith("val") for k in row):
             last = {k: v for k, v in row.items() if str(k).startswith("val")}
     return last
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """The ESI HTTP API and search page (FastAPI).
 
 ``create_app(model_dir, store_dir, collection=...)`` builds the app; ``python -m esi serve`` runs it
-with uvicorn. Endpoints (all JSON unless an image is asked for; interactive docs at ``/docs``):
+with uvicorn. Endpoints (all JSON unless an image is asked for; interactive docs at ``/docs``, each JSON
+answer's schema a model in :mod:`esi.api.schemas`; the work is done by :class:`esi.api.backend.Backend`):
 
 =======  ==================================  ======================================================
 GET      ``/``                               the search page (static HTML + JS)
@@ -53,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from esi.api import schemas
 from esi.api.backend import Backend, BackendError
 from esi.api.limits import (
     BodySizeLimitMiddleware,
@@ -75,6 +77,14 @@ MAX_K = 50
 DEFAULT_WORKERS = 2  # model calls are serialised by the backend's lock; a second thread overlaps parsing/plots
 DEFAULT_MAX_QUEUE = 32
 HEALTH_TIMEOUT_S = 1.0
+# Documented error answers ({"detail": ...}) of the endpoints that take an ECG or run the model.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorResponse, "description": why} for code, why in (
+        (400, "unreadable request body"), (404, "no such indexed ECG"),
+        (409, "the model or collection cannot answer this (no caption decoder, no labelled ECGs)"),
+        (413, "request body too large"), (415, "unsupported content type"),
+        (422, "invalid input, named in detail"), (503, "busy: retry after Retry-After seconds"))
+}
 
 T = TypeVar("T")
 
@@ -294,18 +304,20 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(static / "index.html", media_type="text/html")
 
-    @app.get("/api/health", tags=["meta"], summary="Model, collection, knowledge-store and worker-pool status")
+    @app.get("/api/health", tags=["meta"], summary="Model, collection, knowledge-store and worker-pool status",
+             response_model=schemas.HealthResponse, response_model_exclude_unset=True)
     async def health() -> dict[str, Any]:
         return await health_probe.get()
 
-    @app.get("/api/labelsets", tags=["meta"], summary="Zero-shot label sets")
+    @app.get("/api/labelsets", tags=["meta"], summary="Zero-shot label sets",
+             response_model=schemas.LabelSetsResponse)
     async def labelsets() -> dict[str, Any]:  # static data: no lock, no I/O
         return backend.labelsets()
 
     # ---- uploaded ECGs ---------------------------------------------------------------------------
 
     @app.post("/api/classify", tags=["ecg"], summary="Zero-shot classification of an uploaded ECG",
-              openapi_extra=_ECG_BODY_DOC)
+              openapi_extra=_ECG_BODY_DOC, response_model=schemas.ClassifyResponse, responses=ERRORS)
     async def classify(
         request: Request,
         labelset: Annotated[str | None, Query(description="label set name (see /api/labelsets)")] = None,
@@ -317,12 +329,12 @@ def create_app(
         return await run_upload(request, lambda ecg: backend.classify(ecg, labelset, top_k, method))
 
     @app.post("/api/retrieve", tags=["ecg"], summary="ECG -> text retrieval for an uploaded ECG",
-              openapi_extra=_ECG_BODY_DOC)
+              openapi_extra=_ECG_BODY_DOC, response_model=schemas.RetrieveResponse, responses=ERRORS)
     async def retrieve(request: Request, k: Annotated[int, Query(ge=1, le=MAX_K)] = 5) -> dict[str, Any]:
         return await run_upload(request, lambda ecg: backend.nearest_texts(ecg, k))
 
     @app.post("/api/caption", tags=["ecg"], summary="Generate a caption for an uploaded ECG",
-              openapi_extra=_ECG_BODY_DOC)
+              openapi_extra=_ECG_BODY_DOC, response_model=schemas.CaptionResponse, responses=ERRORS)
     async def caption(
         request: Request,
         method: Annotated[str, Query(pattern="^(greedy|beam)$")] = "greedy",
@@ -331,7 +343,7 @@ def create_app(
 
     @app.post("/api/plot", tags=["ecg"], summary="Plot an uploaded ECG (PNG or SVG)",
               openapi_extra=_ECG_BODY_DOC,
-              responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
+              responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}, **ERRORS})
     async def plot_upload(
         request: Request,
         format: Annotated[str, Query(pattern="^(png|svg)$")] = "png",
@@ -346,7 +358,8 @@ def create_app(
         return Response(await run(job), media_type=MEDIA_TYPES[format])
 
     @app.post("/api/analyze", tags=["ecg"], openapi_extra=_ECG_BODY_DOC,
-              summary="Plot, zero-shot scores, caption, nearest texts and similar indexed ECGs for an upload")
+              summary="Plot, zero-shot scores, caption, nearest texts and similar indexed ECGs for an upload",
+              response_model=schemas.AnalyzeResponse, response_model_exclude_unset=True, responses=ERRORS)
     async def analyze(
         request: Request,
         labelset: Annotated[str | None, Query(description="label set name (see /api/labelsets)")] = None,
@@ -380,7 +393,8 @@ def create_app(
 
     # ---- the indexed collection ---------------------------------------------------------------------
 
-    @app.get("/api/search", tags=["collection"], summary="Text -> ECG search over the indexed collection")
+    @app.get("/api/search", tags=["collection"], summary="Text -> ECG search over the indexed collection",
+             response_model=schemas.SearchResponse, responses=ERRORS)
     async def search(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="free-text query")],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 8,
@@ -398,7 +412,7 @@ def create_app(
     # would otherwise also match '.../plot'.
     @app.get("/api/records/{record_id:path}/plot", tags=["collection"], name="record_plot",
              summary="Plot an indexed ECG (PNG or SVG)",
-             responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
+             responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}, **ERRORS})
     async def record_plot(
         record_id: Annotated[str, PathParam(max_length=200)],
         format: Annotated[str, Query(pattern="^(png|svg)$")] = "png",
@@ -408,7 +422,8 @@ def create_app(
         return Response(image, media_type=MEDIA_TYPES[format], headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/records/{record_id:path}", tags=["collection"],
-             summary="An indexed ECG with its caption, zero-shot scores and nearest texts")
+             summary="An indexed ECG with its caption, zero-shot scores and nearest texts",
+             response_model=schemas.RecordDetails, response_model_exclude_unset=True, responses=ERRORS)
     async def record(
         record_id: Annotated[str, PathParam(max_length=200)],
         labelset: str | None = None,
@@ -422,7 +437,8 @@ def create_app(
 
     # ---- CQA ----------------------------------------------------------------------------------------
 
-    @app.post("/api/explain", tags=["cqa"], summary="CQA: a grounded caption with passages for given codes")
+    @app.post("/api/explain", tags=["cqa"], summary="CQA: a grounded caption with passages for given codes",
+              response_model=schemas.ExplainResponse, responses=ERRORS)
     async def explain(request: ExplainRequest) -> dict[str, Any]:
         return await run(lambda: backend.explain(request.codes, age=request.age, sex=request.sex,
                                                  vocabulary=request.vocabulary, statements=request.statements))

@@ -14,6 +14,10 @@ or unit, are a 422), and again in :func:`esi.inference.fit_to_model`, which zero
 repairs NaN runs and refuses a signal with no usable lead, saying so in the response's ``notes``.
 What parsing itself changed (derived limb leads, channels left out) is in ``ecg.notes``.
 
+Units (WFDB/CinC headers) and age/sex follow the readers' rules (:func:`corpora.base.mv_factors`,
+:func:`corpora.base.parse_age`, :func:`corpora.base.parse_sex`), so an upload and the same file read by
+``load_record`` agree.
+
 Security: nothing a client sends is ever used as a filesystem path. Uploaded bytes stay in
 memory; only the WFDB ``.dat`` reader needs files, and it gets a private
 :class:`tempfile.TemporaryDirectory` in which the header is *rewritten* to fixed names
@@ -41,6 +45,9 @@ from corpora.base import (
     canonical_lead_name,
     check_signal,
     comment_fields,
+    mv_factors,
+    parse_age,
+    parse_sex,
     parse_wfdb_header,
 )
 from corpora.formats import FILE_SUFFIXES, NEEDS_SAMPLING_RATE, read_ecg_file
@@ -51,7 +58,6 @@ MIN_SECONDS = 1.0
 MAX_HEADER_BYTES = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _DATA_SUFFIXES = (".dat", ".mat")
-_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "μv": 1e-3, "µv": 1e-3, "v": 1e3, "nu": 1.0, "": 1.0}
 
 
 class UploadError(ValueError):
@@ -156,22 +162,8 @@ def _finish(
         raise UploadError(f"{name}: {err.reason}") from None
     return ParsedECG(
         name=name, signal=np.ascontiguousarray(signal), sampling_rate=sampling_rate,
-        source_format=source_format, age=_parse_age(age), sex=_parse_sex(sex), notes=list(notes or []),
+        source_format=source_format, age=parse_age(age), sex=parse_sex(sex), notes=list(notes or []),
     )
-
-
-def _parse_age(value: Any) -> float | None:
-    try:
-        age = float(value)
-    except (TypeError, ValueError):
-        return None
-    return age if math.isfinite(age) and 0 <= age <= 130 else None
-
-
-def _parse_sex(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return {"m": "male", "male": "male", "f": "female", "female": "female"}.get(value.strip().lower())
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,11 +259,13 @@ def _parse_header(name: str, data: bytes) -> WfdbHeader:
     return header
 
 
-def _units_factor(name: str, units: str) -> float:
-    factor = _UNIT_TO_MV.get(units.strip().lower())
-    if factor is None:
-        raise UploadError(f"{name}: unsupported signal units {units!r} (expected mV, uV or V)")
-    return factor
+def _mv_factors(name: str, units: list[str]) -> np.ndarray:
+    """Per-lead factors to millivolts from the header's units (:func:`corpora.base.mv_factors`, as the
+    readers use), as a column; a unit that is not a voltage is a 422."""
+    try:
+        return mv_factors(name, units)[:, None]
+    except RecordError as err:
+        raise UploadError(f"{name}: {err.reason} (expected mV, uV or V)") from None
 
 
 def _match_data_files(name: str, header: WfdbHeader, data_files: dict[str, bytes]) -> dict[str, str]:
@@ -315,7 +309,7 @@ def _read_mat(name: str, header: WfdbHeader, files: dict[str, bytes], mapping: d
         raise UploadError(f"{mat_name}: array has shape {values.shape}; the header declares {header.n_sig} leads")
     gains = np.array(header.gains, dtype=np.float64)[:, None]
     baselines = np.array(header.baselines, dtype=np.float64)[:, None]
-    factors = np.array([_units_factor(name, unit) for unit in header.units])[:, None]
+    factors = _mv_factors(name, header.units)
     return ((values.astype(np.float64) - baselines) / gains * factors).astype(np.float32)
 
 
@@ -359,7 +353,7 @@ def _read_dat(name: str, header: WfdbHeader, files: dict[str, bytes], mapping: d
             raise UploadError(f"{name}: WFDB could not read the record ({type(err).__name__}: {err})") from None
     if record.p_signal is None:
         raise UploadError(f"{name}: WFDB record has no signal")
-    factors = np.array([_units_factor(name, unit or "mV") for unit in record.units])[:, None]
+    factors = _mv_factors(name, list(record.units or ["mV"] * record.p_signal.shape[1]))
     return (record.p_signal.T * factors).astype(np.float32)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from corpora.ptbxl import PTBXLReader
 from cqa.__main__ import main
-from cqa.batch import METADATA_KEY, read_captions
+from cqa.batch import METADATA_KEY, read_output
 
 N_INPUT = 25  # rows in the input CSV at first; the source rows after them are added by the edits
 CHUNK = 10
@@ -77,11 +77,11 @@ def test_resume_after_the_input_changed_equals_a_fresh_run(source: Rows, shared_
     assert _caption(csv_path, fresh, shared_data, *extra) == 0
     capsys.readouterr()
 
-    resumed = read_captions(out)
+    resumed = read_output(out)
     ids = resumed.column("record_id").to_pylist()
     assert ids == _expected_ids(csv_path, shared_data, limit)  # every id exactly once, in input order
     assert len(set(ids)) == len(ids) == (limit or len(EDITS[edit](source)) - 1)
-    assert resumed.to_pylist() == read_captions(fresh).to_pylist()
+    assert resumed.to_pylist() == read_output(fresh).to_pylist()
     assert list(_parts(out)) == list(_parts(fresh))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == len(ids) and summary["skipped"] == []
@@ -100,7 +100,7 @@ def test_parts_whose_ids_still_match_are_kept(source: Rows, shared_data: Path, t
     assert [after[name] == before.get(name) for name in after] == [True, True, False]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_rows"] == 20 and summary["computed_chunks"] == 1 and summary["rows"] == N_INPUT + 1
-    assert read_captions(out).column("record_id").to_pylist() == _expected_ids(csv_path, shared_data)
+    assert read_output(out).column("record_id").to_pylist() == _expected_ids(csv_path, shared_data)
 
 
 def test_parts_from_before_fingerprints_are_checked_by_content(source: Rows, shared_data: Path,
@@ -121,4 +121,4 @@ def test_parts_from_before_fingerprints_are_checked_by_content(source: Rows, sha
     assert _caption(csv_path, out, shared_data) == 0
     after = _parts(out)
     assert [after[name] == before[name] for name in before] == [True, False, True]
-    assert read_captions(out).column("record_id").to_pylist() == _expected_ids(csv_path, shared_data)
+    assert read_output(out).column("record_id").to_pylist() == _expected_ids(csv_path, shared_data)

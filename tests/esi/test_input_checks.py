@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import wfdb
 
-from corpora.base import STANDARD_LEADS, ECGRecord, RecordError, check_signal
-from esi.api.uploads import ParsedECG, UploadError, parse_upload
+from corpora.base import STANDARD_LEADS, RecordError, check_signal
+from esi.api.backend import upload_record as _upload_record  # what the API hands to fit_to_model
+from esi.api.uploads import UploadError, parse_upload
 from esi.cli_inference import main
 from esi.inference import InputError, fit_to_model, load_record
 
@@ -34,12 +35,6 @@ def record_copy(tmp_path: Path, ptbxl_root: Path) -> Path:
 @pytest.fixture
 def signal(ptbxl_root: Path) -> np.ndarray:
     return wfdb.rdrecord(str(ptbxl_root / "records100" / "00000" / NAME)).p_signal.T.astype(np.float32)
-
-
-def _upload_record(parsed: ParsedECG) -> ECGRecord:
-    """What esi.api.backend.Backend._upload_record hands to fit_to_model for an uploaded ECG."""
-    return ECGRecord(record_id=parsed.name, dataset="upload", signal=parsed.signal,
-                     sampling_rate=parsed.sampling_rate, age=parsed.age, sex=parsed.sex)
 
 
 def _npy(array: np.ndarray) -> bytes:
