@@ -48,7 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_output() -> None:
+    """Print what the terminal cannot encode as escapes instead of crashing: the corpus has "—", "′", "≥", and a
+    console may be ASCII or cp1252 (PYTHONIOENCODING=ascii, Windows)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_output()
     args = _parser().parse_args(argv)
     from retrieval.chunking import DocumentError
     from retrieval.client import ClientError

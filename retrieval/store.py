@@ -49,6 +49,7 @@ import math
 import os
 import re
 import tempfile
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -103,7 +104,9 @@ QUERY_TORCH_THREADS = 1  # single-query embedding runs single-threaded (see embe
 PROBE_TEXT = "probe: sinus rhythm with complete right bundle branch block"
 PROBE_MIN_COSINE = 0.98
 FILTER_KEYS = ("entry", "name", "category", "section", "source", "page", "code")
-_LATIN = re.compile(r"[A-Za-z\u00C0-\u024F]")  # Latin letters, accented ones included
+# Latin letters, accented ones included (not the signs × U+00D7 and ÷ U+00F7 in that block)
+_LATIN = re.compile(r"[A-Za-z\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class StoreError(ValueError):
@@ -351,11 +354,13 @@ def _code_clause(value: Any) -> dict[str, Any]:
 
 
 def validate_query(query: Any) -> str:
-    """The stripped query, or a :class:`QueryError` that says what is wrong with it.
+    """The stripped, NFKC-normalised query, or a :class:`QueryError` that says what is wrong with it.
 
-    Why refuse a query without any Latin letter ("心房颤动", "фибрилляция"): the corpus and all-MiniLM-L6-v2 are
-    English, such a query shares no term with the store and its embedding lands near arbitrary chunks, so any
-    "answer" would be noise presented as a match.
+    NFKC folds compatibility forms into the plain letters the corpus uses (full-width "ＡＦ" -> "AF", "Ⅱ" -> "II",
+    ligatures). Why refuse a query without any Latin letter ("心房颤动", "фибрилляция"): the corpus and
+    all-MiniLM-L6-v2 are English, such a query shares no term with the store and its embedding lands near
+    arbitrary chunks, so any "answer" would be noise presented as a match. Lone surrogates (what Python makes of
+    bytes that are not UTF-8 in a command-line argument) are refused too: the tokenizer cannot encode them.
     """
     if not isinstance(query, str):
         raise QueryError(f"query must be a string, got {type(query).__name__}")
@@ -364,10 +369,20 @@ def validate_query(query: Any) -> str:
     if len(query) > MAX_QUERY_CHARS:
         raise QueryError(f"query is {len(query)} characters; the limit is {MAX_QUERY_CHARS} "
                          "(retrieval embeds short descriptions, not whole reports: shorten or split it)")
+    bad = _SURROGATE.search(query)
+    if bad:
+        raise QueryError(f"query is not valid Unicode text (lone surrogate U+{ord(bad.group()):04X} at character "
+                         f"{bad.start()}, usually bytes that are not UTF-8); pass the query as UTF-8")
+    query = unicodedata.normalize("NFKC", query).strip()
+    if not query:
+        raise QueryError("query is empty")
+    if len(query) > MAX_QUERY_CHARS:  # NFKC can lengthen a text (e.g. one ligature -> several letters)
+        raise QueryError(f"query is {len(query)} characters after Unicode normalisation; the limit is "
+                         f"{MAX_QUERY_CHARS} (shorten or split it)")
     if not _LATIN.search(query):
         raise QueryError("query has no Latin letters; the knowledge corpus and its embedding model are English "
                          "(translate the query, e.g. 'atrial fibrillation')")
-    return query.strip()
+    return query
 
 
 # -------------------------------------------------------------------------------------------------- store

@@ -94,7 +94,7 @@ def _compiled(patterns: tuple[str, ...]) -> list[re.Pattern[str]]:
 
 def parse_entry(text: str, source: str = "<string>") -> KnowledgeEntry:
     """Parse one entry file; raise :class:`KnowledgeError` naming ``source`` on any problem."""
-    match = _FRONT_RE.match(text)
+    match = _FRONT_RE.match(text.removeprefix("\ufeff"))  # a byte-order mark some editors write is not content
     if not match:
         raise KnowledgeError(f"{source}: missing '---' front matter block")
     try:
@@ -111,6 +111,8 @@ def parse_entry(text: str, source: str = "<string>") -> KnowledgeEntry:
         raise KnowledgeError(f"{source}: unknown front matter keys {unknown}")
     if not isinstance(meta["id"], str) or not _ID_RE.match(meta["id"]):
         raise KnowledgeError(f"{source}: id {meta['id']!r} must match [a-z0-9_]+")
+    if not isinstance(meta["name"], str) or not meta["name"].strip():
+        raise KnowledgeError(f"{source}: name {meta['name']!r} must be a non-empty string")
     if meta["category"] not in CATEGORIES:
         raise KnowledgeError(f"{source}: category {meta['category']!r} not in {CATEGORIES}")
     lists = {}
@@ -118,6 +120,9 @@ def parse_entry(text: str, source: str = "<string>") -> KnowledgeEntry:
         value = meta.get(key) or []
         if not isinstance(value, list):
             raise KnowledgeError(f"{source}: {key} must be a list")
+        for item in value:  # YAML reads "- " as null, "yes" as a bool, "[a]" as a list: none is a phrase or code
+            if isinstance(item, bool) or not isinstance(item, str | int | float) or not str(item).strip():
+                raise KnowledgeError(f"{source}: {key} item {item!r} must be a non-empty string (quote it)")
         lists[key] = tuple(str(v) for v in value)
     for pattern in lists["mimic_patterns"]:
         try:

@@ -11,6 +11,7 @@ import pytest
 from retrieval import (
     ClientError,
     KnowledgeStore,
+    QueryError,
     StoreError,
     StoreIncompleteError,
     VectorCollection,
@@ -51,6 +52,14 @@ def test_knowledge_store_over_http(chroma_url, tmp_path, minilm):
     assert store.manifest["complete"] and store.manifest["dimension"] == 384
     hit = store.search("delta wave", k=1)[0]
     assert hit.source == str(doc.resolve()) and hit.section == "Pre-excitation"
+    # bad input over HTTP: the same clear errors as on a directory store, and the server keeps answering
+    for query, message in (("", "empty"), ("delta wave " * 1000, "limit is"), ("дельта-волна", "no Latin letters"),
+                           ("delta \udcff", "not valid Unicode")):
+        with pytest.raises(QueryError, match=message):
+            store.search_findings(query)
+        with pytest.raises(QueryError, match=message):
+            store.retriever().invoke(query)
+    assert store.search_findings("ＤＥＬＴＡ wave 预激", k=1)[0].source == str(doc.resolve())
     again = KnowledgeStore.build(open_client(chroma_url), docs=[doc], embeddings=minilm, include_knowledge=False,
                                  progress=False, collection="server-test")
     assert (again.build_report.added, again.build_report.unchanged) == (0, 1)
