@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from esi.factory import get_model_config
+from esi.model.factory import get_model_config
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -66,7 +66,7 @@ def train_config(epochs: int, decay_every: int, overrides: dict, **train: object
     """The cpu-default preset with a different schedule length, model overrides and training fields."""
     from importlib import resources
 
-    preset = yaml.safe_load((resources.files("esi") / "configs" / "train" / "cpu-default.yaml").read_text("utf-8"))
+    preset = yaml.safe_load((resources.files("esi.train") / "presets" / "cpu-default.yaml").read_text("utf-8"))
     return {**preset, "epochs": epochs, "lr_decay_every_epochs": decay_every, "model_overrides": overrides, **train}
 
 
@@ -103,7 +103,7 @@ def export_500hz(run_dir: Path, band: str, ptbxl: Path) -> Path:
 
 
 def evaluate(models: dict[str, Path], out: Path, ptbxl: Path, ptbxl_rate: int | None) -> dict:
-    from esi.evaluate import EvalOptions, run_evaluation
+    from esi.eval.suite import EvalOptions, run_evaluation
 
     options = EvalOptions(root=ptbxl, out=out, train_folds=[1, 2, 3, 4, 5, 6, 7, 8], test_folds=[9],
                           what=("zeroshot", "probe"), zeroshot_sets=("superclass", "subclass", "rhythm"),
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         report["rate"] = {"arms": arms, "table": table, "markdown": markdown(table)}
         print(markdown(table))
 
-    from esi.io import atomic_write_text
+    from esi.model.io import atomic_write_text
 
     previous = json.loads(Path(args.out).read_text(encoding="utf-8")) if Path(args.out).is_file() else {}
     atomic_write_text(Path(args.out), json.dumps({**previous, **report}, indent=2) + "\n")

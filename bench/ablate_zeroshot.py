@@ -17,18 +17,15 @@ import json
 from pathlib import Path
 
 from corpora.ptbxl import PTBXLReader
-from esi.data import read_captions
-from esi.evaluate import (
-    caption_texts,
-    load_eval_data,
-    probe_evaluation,
-    query_evaluation,
-    to_json,
-    zeroshot_evaluation,
-)
-from esi.inference import ESIInference
-from esi.io import atomic_write_json
-from esi.zeroshot import CLASS_TEXTS
+from esi.eval.data import load_eval_data
+from esi.eval.probe import probe_evaluation
+from esi.eval.query import query_evaluation
+from esi.eval.retrieval import caption_texts
+from esi.eval.zeroshot import zeroshot_evaluation
+from esi.model.io import atomic_write_json, to_json
+from esi.serve.inference import ESIInference
+from esi.train.data import read_captions
+from esi.zeroshot.classifier import CLASS_TEXTS
 
 TRAIN_FOLDS = [1, 2, 3, 4, 5, 6, 7, 8]
 TEST_FOLD = 9

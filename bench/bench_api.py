@@ -55,8 +55,9 @@ def shared_data() -> Path:
 def build_fixture(workdir: Path, n_records: int) -> tuple[Path, Path, str, set[str]]:
     """A tiny model and an indexed PTB-XL collection (what the API tests use)."""
     from corpora.registry import get_reader
-    from esi.inference import ESIInference, save_random_model
-    from esi.search import ECGIndex, item_id, open_collection
+    from esi.model.factory import save_random_model
+    from esi.serve.inference import ESIInference
+    from esi.serve.search import ECGIndex, item_id, open_collection
 
     model_dir = save_random_model(workdir / "model", "micro", captions=["sinus rhythm. normal ecg."])
     store_dir = workdir / "store"
@@ -77,7 +78,7 @@ def start_server(model_dir: Path, store_dir: Path, collection: str, port: int, l
     from retrieval.service import start_service
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
-    command = [sys.executable, "-m", "esi.api.cli", "serve", "--model", str(model_dir), "--store", str(store_dir),
+    command = [sys.executable, "-m", "esi.cli.serve", "serve", "--model", str(model_dir), "--store", str(store_dir),
                "--collection", collection, "--host", HOST, "--port", str(port), "--log-level", "warning"]
     return start_service(command, f"http://{HOST}:{port}/api/health", log_path, timeout_s=timeout_s, env=env,
                          cwd=REPO_ROOT)

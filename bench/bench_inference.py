@@ -71,7 +71,7 @@ def end_to_end(inference, classifier, n_records: int) -> float | None:
 
 
 def search_latency(inference, size: int, queries: int, k: int) -> dict[str, float]:
-    from esi.search import ECGIndex, open_collection
+    from esi.serve.search import ECGIndex, open_collection
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(size, inference.embed_dim)).astype(np.float32)
@@ -116,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    from esi.inference import ESIInference, save_random_model
-    from esi.io import atomic_write_text
-    from esi.labelsets import load_labelset
+    from esi.model.factory import save_random_model
+    from esi.model.io import atomic_write_text
+    from esi.serve.inference import ESIInference
     from esi.zeroshot import ZeroShotClassifier
+    from esi.zeroshot.labelsets import load_labelset
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.model:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from machine import machine_info  # bench/machine.py: the script's own folder is on sys.path
 
-from esi.factory import get_model_config
+from esi.model.factory import get_model_config
 
 CAPTIONS = [
     "ECG of a 63-year-old male. Findings: sinus rhythm; left anterior fascicular block; non-specific ST changes.",
@@ -52,12 +52,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 
 def measure(preset: str, batch_size: int, steps: int, warmup: int, overrides: dict | None = None) -> dict[str, object]:
-    from esi.config import deep_merge
-    from esi.data import Batch
-    from esi.model import ESIConfig, ESIModel
-    from esi.text_encoder import TextModelNotAvailable, load_text_backbone
-    from esi.tokenizer import CaptionTokenizer
+    from esi.model.config import deep_merge
+    from esi.model.model import ESIConfig, ESIModel
+    from esi.model.text_encoder import TextModelNotAvailable, load_text_backbone
+    from esi.model.tokenizer import CaptionTokenizer
     from esi.train import build_optimizer, forward_loss, load_train_config
+    from esi.train.data import Batch
 
     config = load_train_config(preset, batch_size=batch_size)
     torch.set_num_threads(config.num_threads or DEFAULT_THREADS)  # as `python -m esi pretrain` would
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from esi.io import atomic_write_text
+    from esi.model.io import atomic_write_text
 
     machine = machine_info()
     results = {name: measure(preset, args.tiny_batch if preset == "esi-tiny-paper" else args.cpu_batch, args.steps,

@@ -19,7 +19,6 @@ resumable on their own). ``--force STEP`` re-runs one step.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esi.io import atomic_write_text, format_number
+from esi.model.io import atomic_write_text, format_number
 
 DEFAULT_QUERY = "wide QRS with M-shaped complex in V1"
 STEP_NAMES = ("store", "captions", "signals", "pretrain", "zeroshot", "index", "examples")
@@ -77,7 +76,6 @@ class Pipeline:
     def steps(self) -> list[Step]:
         from corpora.__main__ import main as corpora_main
         from cqa.__main__ import main as cqa_main
-        from esi.__main__ import main as esi_main
         from retrieval.__main__ import main as retrieval_main
 
         model = self.path("model", "final")
@@ -98,15 +96,15 @@ class Pipeline:
                   "--out", str(self.path("signals"))],
                  corpora_main, self.path("signals", "manifest.json")),
             Step("pretrain", f"pretrain ESI ({self.config}) on folds 1-8, validate on fold 9", pretrain,
-                 esi_main, model / "config.json"),
+                 _esi_main, model / "config.json"),
             Step("zeroshot", "zero-shot PTB-XL superclass on fold 9",
                  ["zeroshot", "--model", str(model), "--dataset", "ptbxl", "--root", str(self.ptbxl),
                   "--labels", "superclass", "--folds", "9", "--json", "--quiet"],
-                 esi_main, self.path("zeroshot_superclass.json"), capture=self.path("zeroshot_superclass.json")),
+                 _esi_main, self.path("zeroshot_superclass.json"), capture=self.path("zeroshot_superclass.json")),
             Step("index", "index fold 9 for text->ECG search",
                  ["index-ecgs", "--model", str(model), "--dataset", "ptbxl", "--root", str(self.ptbxl),
                   "--collection", "ptbxl-fold9", "--store", str(self.path("search")), "--folds", "9"],
-                 esi_main, self.path("search")),
+                 _esi_main, self.path("search")),
         ]
 
     def _marker(self, name: str) -> Path:
@@ -163,8 +161,8 @@ class Pipeline:
     # ---- report ----------------------------------------------------------------------------------
     def examples(self) -> str:
         from cqa.batch import read_output
-        from esi.inference import ESIInference
-        from esi.search import ECGIndex, TextIndex, ephemeral_client, knowledge_texts, open_collection
+        from esi.serve.inference import ESIInference
+        from esi.serve.search import ECGIndex, TextIndex, ephemeral_client, knowledge_texts, open_collection
 
         model_dir = self.path("model", "final")
         inference = ESIInference(model_dir)
@@ -176,8 +174,8 @@ class Pipeline:
         prepared = inference.prepare_path(record_path)
         embedding = inference.embed_signals(prepared.signal[None])[0]
         zeroshot = json.loads(self.path("zeroshot_superclass.json").read_text(encoding="utf-8"))
-        from esi.labelsets import load_labelset
-        from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
+        from esi.zeroshot.classifier import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
+        from esi.zeroshot.labelsets import load_labelset
 
         labelset = load_labelset("superclass").resolve(self.ptbxl / "scp_statements.csv")
         classifier = ZeroShotClassifier.build(inference.model, labelset, class_text=DEFAULT_CLASS_TEXT,
@@ -266,11 +264,25 @@ class Pipeline:
     def _query_precision(self, inference) -> dict[str, Any]:
         """Text->ECG precision@k of the class queries on fold 9 (the records the model never saw)."""
         from corpora.ptbxl import PTBXLReader
-        from esi.evaluate import load_eval_data, query_evaluation
+        from esi.eval.data import load_eval_data
+        from esi.eval.query import query_evaluation
 
         reader = PTBXLReader(self.ptbxl, rate=100 if inference.sampling_rate <= 100 else 500)
         data = load_eval_data(reader, inference.input, folds=[9], progress=False)
         return query_evaluation(inference, data, folds=[9])
+
+
+def _esi_main(argv: list[str]) -> int:
+    """``python -m esi`` for the commands this job runs (pretrain, zeroshot, index-ecgs).
+
+    Why not :func:`esi.cli.main.main`: the CLI registers this job as its ``run`` command, so calling it
+    from here would make the main job and the CLI import each other; the same command modules parse the
+    same argv either way.
+    """
+    from esi.cli import index, pretrain, zeroshot
+    from esi.cli.common import run_main
+
+    return run_main((pretrain, zeroshot, index), argv)
 
 
 def _ptbxl_filename(root: Path, record_id: str) -> str:
@@ -290,23 +302,3 @@ def _last_validation(path: Path) -> dict[str, Any]:
         if any(str(k).startswith("val") for k in row):
             last = {k: v for k, v in row.items() if str(k).startswith("val")}
     return last
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "run", help="the main job: knowledge store -> CQA captions -> pretraining -> evaluation -> search",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/default", help="where every artefact goes")
-    parser.add_argument("--data", default=None, help="shared data root (default: $ESI_SHARED_DATA or ../shared/data)")
-    parser.add_argument("--llm", default="smollm2", help="CQA backend: smollm2 (default), none (grounded only), "
-                        "gguf:PATH, hf:DIR, openai:URL[#model]")
-    parser.add_argument("--config", default="cpu-default", help="ESI training preset or config file")
-    parser.add_argument("--epochs", type=int, help="override the preset's number of epochs")
-    parser.add_argument("--force", action="append", default=[], choices=STEP_NAMES,
-                        help="re-run this step even if it is up to date (repeatable)")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    data = Path(args.data) if args.data else default_data_root()
-    return Pipeline(Path(args.run_dir), data, args.llm, args.config, args.epochs, set(args.force)).run()

@@ -22,7 +22,7 @@ CAPTION_TEXTS = [
 
 def save_tiny_model(directory: Path, seed: int = 0) -> Path:
     """A randomly initialised ESIModel (the registered ``micro`` config) that builds in a few seconds."""
-    from esi.inference import save_random_model
+    from esi.model.factory import save_random_model
 
     return save_random_model(directory, "micro", seed=seed, captions=CAPTION_TEXTS)
 
@@ -31,8 +31,8 @@ def index_ptbxl(model_dir: Path, store_dir: Path, ptbxl_root: Path, n_records: i
                 collection: str = "ecg") -> list[str]:
     """Index the first ``n_records`` PTB-XL records (100 Hz) into ``store_dir``; returns their item ids."""
     from corpora.registry import get_reader
-    from esi.inference import ESIInference
-    from esi.search import ECGIndex, item_id, open_collection
+    from esi.serve.inference import ESIInference
+    from esi.serve.search import ECGIndex, item_id, open_collection
 
     inference = ESIInference(model_dir)
     reader = get_reader("ptbxl", ptbxl_root)
@@ -47,8 +47,8 @@ def index_ptbxl(model_dir: Path, store_dir: Path, ptbxl_root: Path, n_records: i
 def index_texts(model_dir: Path, store_dir: Path, texts: list[str], text_file: Path,
                 collection: str = "texts") -> list[str]:
     """Index ``texts`` (one per line of ``text_file``) as an ESI text collection; returns the distinct texts."""
-    from esi.inference import ESIInference
-    from esi.search import TextIndex, file_texts, open_collection
+    from esi.serve.inference import ESIInference
+    from esi.serve.search import TextIndex, file_texts, open_collection
 
     text_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
     inference = ESIInference(model_dir)
@@ -98,7 +98,7 @@ def api_env(tmp_path_factory: pytest.TempPathFactory, ptbxl_root: Path, mimic_st
 
 @pytest.fixture(scope="session")
 def app(api_env: APIEnv):
-    from esi.api.app import create_app
+    from esi.serve.api.app import create_app
 
     return create_app(api_env.model_dir, api_env.store_dir, collection="ecg", text_collection="texts",
                       knowledge_store=api_env.knowledge_dir, max_body_bytes=LIMIT_BYTES, max_upload_seconds=60.0)

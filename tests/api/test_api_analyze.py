@@ -177,7 +177,7 @@ def test_analyze_answers_503_when_the_pool_is_full(api_env, app, ptbxl_root, mon
     that worker held, a second upload is refused at once with Retry-After."""
     from fastapi.testclient import TestClient
 
-    from esi.api.app import create_app
+    from esi.serve.api.app import create_app
 
     backend = app.state.backend
     busy = create_app(api_env.model_dir, api_env.store_dir, backend=backend, workers=1, max_queue=0)
@@ -208,7 +208,7 @@ def test_analyze_answers_503_when_the_pool_is_full(api_env, app, ptbxl_root, mon
 
 
 def _serve_args(*extra: str) -> argparse.Namespace:
-    from esi.api.cli import add_serve_parser
+    from esi.cli.serve import add_serve_parser
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers(dest="command"))
@@ -216,8 +216,8 @@ def _serve_args(*extra: str) -> argparse.Namespace:
 
 
 def test_serve_pool_flags_default_to_the_app_defaults():
-    from esi.api.app import DEFAULT_MAX_QUEUE, DEFAULT_WORKERS
-    from esi.api.cli import check_serve_args
+    from esi.cli.serve import check_serve_args
+    from esi.serve.api.app import DEFAULT_MAX_QUEUE, DEFAULT_WORKERS
 
     args = _serve_args()
     assert (args.workers, args.max_queue) == (DEFAULT_WORKERS, DEFAULT_MAX_QUEUE)
@@ -231,8 +231,8 @@ def test_serve_pool_flags_default_to_the_app_defaults():
     (("--max-queue", "-1"), "--max-queue must be 0 or more, got -1"),
 ])
 def test_serve_refuses_bad_pool_sizes_before_loading_the_model(flags, message, monkeypatch, capsys):
-    import esi.api.app
-    from esi.api.cli import check_serve_args, run_serve
+    import esi.serve.api.app
+    from esi.cli.serve import check_serve_args, run_serve
 
     args = _serve_args(*flags)
     assert check_serve_args(args) == message
@@ -240,7 +240,7 @@ def test_serve_refuses_bad_pool_sizes_before_loading_the_model(flags, message, m
     def never(*_: Any, **__: Any) -> None:
         raise AssertionError("create_app must not run with bad pool sizes")
 
-    monkeypatch.setattr(esi.api.app, "create_app", never)
+    monkeypatch.setattr(esi.serve.api.app, "create_app", never)
     assert run_serve(args) == 2
     assert message in capsys.readouterr().err
 
@@ -248,11 +248,11 @@ def test_serve_refuses_bad_pool_sizes_before_loading_the_model(flags, message, m
 def test_serve_passes_the_pool_sizes_to_create_app(monkeypatch):
     import uvicorn
 
-    import esi.api.app
-    from esi.api.cli import run_serve
+    import esi.serve.api.app
+    from esi.cli.serve import run_serve
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(esi.api.app, "create_app", lambda *args, **kwargs: seen.update(kwargs) or "app")
+    monkeypatch.setattr(esi.serve.api.app, "create_app", lambda *args, **kwargs: seen.update(kwargs) or "app")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(served=app))
     assert run_serve(_serve_args("--workers", "3", "--max-queue", "0", "--log-level", "warning")) == 0
     assert (seen["workers"], seen["max_queue"], seen["served"]) == (3, 0, "app")

@@ -38,12 +38,12 @@ def _require_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def server(api_env, tmp_path_factory):
-    """`python -m esi.api.cli serve ...` on 127.0.0.1:<free port>; yields the base URL."""
+    """`python -m esi.cli.serve serve ...` on 127.0.0.1:<free port>; yields the base URL."""
     from retrieval.service import ServiceError, free_port, start_service, stop_service
 
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
-    command = [sys.executable, "-m", "esi.api.cli", "serve", "--model", str(api_env.model_dir),
+    command = [sys.executable, "-m", "esi.cli.serve", "serve", "--model", str(api_env.model_dir),
                "--store", str(api_env.store_dir), "--collection", "ecg", "--text-collection", "texts",
                "--knowledge-store", str(api_env.knowledge_dir), "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(SERVE_WORKERS), "--max-queue", str(SERVE_MAX_QUEUE), "--log-level", "warning"]

@@ -30,7 +30,7 @@ def _signal(ptbxl_root: Path, name: str = "00001_lr") -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def inference(api_env):
-    from esi.inference import ESIInference
+    from esi.serve.inference import ESIInference
 
     return ESIInference(api_env.model_dir)
 
@@ -133,7 +133,7 @@ def test_record_details_have_caption_scores_and_texts(client, api_env):
     assert body["zero_shot"]["labelset"] == "ptbxl_superclass" and len(scores) == 3
     assert [s["score"] for s in scores] == sorted((s["score"] for s in scores), reverse=True)
     # display probability: sigmoid(model temperature * score), recomputed from the returned (rounded) scores
-    from esi.model import ESIModel
+    from esi.model.model import ESIModel
 
     scale = ESIModel.from_pretrained(api_env.model_dir).scale().item()
     expected = [1.0 / (1.0 + np.exp(-scale * s["score"])) for s in scores]
@@ -149,7 +149,7 @@ def test_record_details_accept_a_labelset_alias(client, api_env):
     assert body["zero_shot"]["labelset"] == "ptbxl_rhythm"
 
 
-@pytest.mark.parametrize("labelset", ["no_such_set", "/etc/passwd.json", "../esi/labelsets/cpsc2018.json"])
+@pytest.mark.parametrize("labelset", ["no_such_set", "/etc/passwd.json", "../esi/zeroshot/labelsets/cpsc2018.json"])
 def test_unknown_or_path_like_labelsets_are_refused(client, api_env, labelset):
     response = client.get(f"/api/records/{api_env.item_ids[0]}", params={"labelset": labelset})
     assert response.status_code == 422 and "unknown label set" in response.json()["detail"]
@@ -177,8 +177,8 @@ def test_record_plot_rejects_unknown_format(client, api_env):
 
 
 def test_classify_wfdb_upload_matches_direct_zero_shot(client, inference, ptbxl_root):
-    from esi.labelsets import load_labelset
     from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
+    from esi.zeroshot.labelsets import load_labelset
 
     response = client.post("/api/classify", files=_multipart(_wfdb_files(ptbxl_root)), params={"top_k": 5})
     assert response.status_code == 200, response.text
@@ -434,9 +434,9 @@ def test_classify_with_prototypes_from_the_indexed_ecgs(client, inference, api_e
     equal a prototype classifier rebuilt from the collection's own embeddings and labels."""
     import json as _json
 
-    from esi.labelsets import load_labelset
-    from esi.search import open_collection
+    from esi.serve.search import open_collection
     from esi.zeroshot import prototype_classifier
+    from esi.zeroshot.labelsets import load_labelset
 
     response = client.post("/api/classify", files=_multipart(_wfdb_files(ptbxl_root)),
                            params={"top_k": 5, "method": "prototypes", "labelset": "ptbxl_rhythm"})

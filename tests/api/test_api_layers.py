@@ -102,7 +102,7 @@ def test_services_cache_record_reads_plots_and_query_embeddings(app, api_env):
     vector = backend.model.query_embedding(query)
     assert backend.model.query_embedding(query) is vector
     np.testing.assert_allclose(vector, backend.inference.query_embedding(query), atol=1e-6)
-    from esi.api.backend import NotFound
+    from esi.serve.api.backend import NotFound
 
     for _ in range(2):  # a failed lookup is not cached: it fails again, with the same reason
         with pytest.raises(NotFound, match="no ECG with id"):
@@ -112,8 +112,8 @@ def test_services_cache_record_reads_plots_and_query_embeddings(app, api_env):
 def test_upload_units_and_demographics_follow_the_corpora_readers(cinc_root, tmp_path):
     """A CinC record uploaded (.hea + .mat) and read from disk by load_record: same mV signal, age and sex;
     a header in a unit that is no voltage is refused by both."""
-    from esi.api.uploads import UploadError, parse_upload
-    from esi.inference import InputError, load_record
+    from esi.serve.api.uploads import UploadError, parse_upload
+    from esi.serve.inference import InputError, load_record
 
     files = {name: (cinc_root / name).read_bytes() for name in ("A0001.hea", "A0001.mat")}
     parsed = parse_upload(files)
@@ -136,7 +136,7 @@ def test_upload_units_and_demographics_follow_the_corpora_readers(cinc_root, tmp
                                                  ("unknown", None), (None, None)])
 def test_upload_ages_are_parsed_as_the_readers_parse_them(ptbxl_root, value, expected):
     from corpora.base import parse_age
-    from esi.api.uploads import parse_json_signal
+    from esi.serve.api.uploads import parse_json_signal
 
     signal = wfdb.rdrecord(str(ptbxl_root / "records100" / "00000" / "00001_lr")).p_signal.T
     parsed = parse_json_signal({"signal": signal.tolist(), "sampling_rate": 100, "age": value, "sex": " Female"}, 60)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from esi.api.limits import NonFiniteJSONError, PoolFull, WorkerPool, loads_finite
+from esi.serve.api.limits import NonFiniteJSONError, PoolFull, WorkerPool, loads_finite
 
 HOST = "127.0.0.1"  # loopback only
 TIMEOUT_S = 30.0
@@ -73,7 +73,7 @@ def backend(app):
 @pytest.fixture(scope="module")
 def small_app(api_env, backend):
     """The app with a pool of 1 worker and a queue of 1: the third concurrent model request gets 503."""
-    from esi.api.app import create_app
+    from esi.serve.api.app import create_app
 
     return create_app(api_env.model_dir, api_env.store_dir, backend=backend, workers=1, max_queue=1,
                       max_upload_seconds=60.0)
@@ -292,7 +292,7 @@ def test_loads_finite_accepts_finite_json():
 
 def test_health_probe_answers_from_its_last_result_when_the_store_is_slow():
     """A health check that overruns its budget gives the last good answer, marked stale, in time."""
-    from esi.api.app import HealthProbe
+    from esi.serve.api.app import HealthProbe
 
     release = threading.Event()
 

@@ -11,8 +11,8 @@ import pytest
 import wfdb
 from PIL import Image
 
-from esi.api.uploads import UploadError, parse_upload, sanitize_name
-from esi.plotting import STANDARD_LEADS, plot_ecg
+from esi.serve.api.uploads import UploadError, parse_upload, sanitize_name
+from esi.serve.plotting import STANDARD_LEADS, plot_ecg
 
 
 def _pair(folder: Path, name: str, data_suffix: str) -> dict[str, bytes]:
@@ -120,7 +120,7 @@ def test_plot_rejects_mismatched_shapes():
 
 
 def test_register_adds_serve_with_defaults():
-    from esi.api.cli import register, run_serve
+    from esi.cli.serve import register, run_serve
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command", required=True))
@@ -130,7 +130,7 @@ def test_register_adds_serve_with_defaults():
 
 
 def test_serve_reports_a_bad_model_dir(tmp_path, capsys):
-    from esi.api.cli import main
+    from esi.cli.serve import main
 
     assert main(["serve", "--model", str(tmp_path / "nope"), "--store", str(tmp_path / "store")]) == 2
     assert "not an ESI model directory" in capsys.readouterr().err

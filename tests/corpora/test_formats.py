@@ -17,7 +17,7 @@ import wfdb
 
 from corpora.base import STANDARD_LEADS, RecordError
 from corpora.formats import lead_name, read_csv, read_dicom, read_ecg_file, read_edf, read_xml
-from esi.api.uploads import UploadError, parse_upload
+from esi.serve.api.uploads import UploadError, parse_upload
 
 RECORD = "records100/00000/00001_lr"
 EIGHT_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,47 @@ ESI_TEST_MODEL = {
 }
 
 
+# ---- writers in the fixed schemas (test data only; the real export is corpora/export.py, captions cqa/batch.py) ----
+def template_caption(record) -> str:
+    """A deterministic stand-in caption (demographics + label descriptions) where CQA output is absent."""
+    who = " ".join(p for p in (f"{record.age:g}-year-old" if record.age is not None else "",
+                               record.sex or "patient") if p)
+    return f"ECG of a {who}. Findings: {_label_text(record) or 'none recorded'}."
+
+
+def _label_text(record) -> str:
+    """:func:`cqa.caption.label_text` (the no_cqa ablation's text), highest confidence first."""
+    from cqa.caption import label_text
+
+    ranked = dict(sorted(record.labels.items(), key=lambda item: -item[1]))
+    return label_text(ranked, record.label_vocabulary, record.label_info)
+
+
+def write_pairs(records: Iterable, signals_path: str | Path, captions_path: str | Path,
+                row_group_size: int = 64) -> int:
+    """Write ECGRecords to a signal Parquet (:data:`corpora.export.SCHEMA`, as ``corpora export`` writes it)
+    and a caption Parquet; returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from corpora.export import records_to_table
+
+    records = list(records)
+    Path(signals_path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(records_to_table(records), signals_path, row_group_size=row_group_size)
+    caption_rows = [{"record_id": record.record_id, "caption": template_caption(record),
+                     "label_text": _label_text(record), "fold": record.fold} for record in records]
+    caption_schema = pa.schema([("record_id", pa.string()), ("caption", pa.string()), ("label_text", pa.string()),
+                                ("fold", pa.int64())])
+    Path(captions_path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(caption_rows, schema=caption_schema), captions_path)
+    return len(records)
+
+
 @pytest.fixture(scope="session")
 def esi_pairs(ptbxl_root: Path, tmp_path_factory) -> tuple[Path, Path]:
     """(signals.parquet, captions.parquet) for 60 real PTB-XL records (folds 1-9, 100 Hz)."""
     from corpora.ptbxl import PTBXLReader
-    from esi.data import write_pairs
 
     reader = PTBXLReader(ptbxl_root, rate=100)
     by_fold: dict[int, list] = {}
@@ -46,7 +83,7 @@ def esi_test_model() -> dict:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smallest registered config ("nano"), random init, saved once per test session."""
-    from esi.inference import save_random_model
+    from esi.model.factory import save_random_model
 
     directory = tmp_path_factory.getbasetemp() / "esi-nano-random"
     save_random_model(directory, "nano")
@@ -93,10 +130,10 @@ def recompute_zeroshot_auc():
         from sklearn.metrics import roc_auc_score
 
         from corpora.ptbxl import PTBXLReader
-        from esi.evaluate import load_eval_data
-        from esi.inference import ESIInference
-        from esi.labelsets import load_labelset
+        from esi.eval.data import load_eval_data
+        from esi.serve.inference import ESIInference
         from esi.zeroshot import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, ZeroShotClassifier
+        from esi.zeroshot.labelsets import load_labelset
 
         inference = ESIInference(model_dir)
         data = load_eval_data(PTBXLReader(ptbxl_root, rate=100), inference.input, folds=[fold],

@@ -13,11 +13,11 @@ import copy
 import pytest
 import torch
 
-from esi.decoder import shift_for_teacher_forcing
-from esi.factory import create_model
-from esi.model import ESIModel
-from esi.text_encoder import load_text_backbone
-from esi.tokenizer import CaptionTokenizer
+from esi.model.decoder import shift_for_teacher_forcing
+from esi.model.factory import create_model
+from esi.model.model import ESIModel
+from esi.model.text_encoder import load_text_backbone
+from esi.model.tokenizer import CaptionTokenizer
 
 CAPTIONS = [
     "sinus rhythm with normal axis.",

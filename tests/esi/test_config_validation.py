@@ -9,10 +9,10 @@ import math
 import pytest
 import yaml
 
-from esi.__main__ import main
-from esi.config import ConfigError, from_dict
-from esi.factory import create_model, resolve_model_config
-from esi.model import ESIConfig
+from esi.cli.main import main
+from esi.model.config import ConfigError, from_dict
+from esi.model.factory import create_model, resolve_model_config
+from esi.model.model import ESIConfig
 from esi.train import TrainConfig, load_train_config
 
 
@@ -94,7 +94,7 @@ def test_max_steps_flag_must_be_positive(value, esi_pairs, tmp_path, capsys) -> 
 
 def test_train_folds_without_data_fail_before_the_run_folder_or_any_signal(esi_pairs, tmp_path, capsys,
                                                                               monkeypatch) -> None:
-    import esi.train as train_module
+    import esi.train.loop as train_module
 
     def no_signal_reads(*args, **kwargs):
         raise AssertionError("signals were read before train_folds was checked")

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from esi.data import DataError, InMemoryPairs, StreamingPairs, preprocess_signal, read_captions
+from esi.train.data import DataError, InMemoryPairs, StreamingPairs, preprocess_signal, read_captions
 
 
 def test_join_counts_unmatched_rows(esi_pairs, tmp_path) -> None:

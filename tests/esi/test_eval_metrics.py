@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from esi.evaluate import (
+from esi.eval.metrics import (
     best_f1_thresholds,
     classification_report,
     f1_at_thresholds,
     multilabel_auc,
     recall_at_k,
-    to_json,
 )
-from esi.patient_id import identify, records_protocol
-from esi.probe import linear_probe, subset_indices
+from esi.eval.patient_id import identify, records_protocol
+from esi.eval.probe import linear_probe, subset_indices
+from esi.model.io import to_json
 
 
 def test_auc_known_values_and_skipped_classes() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from esi.cli_inference import main
-from esi.evaluate import EvalOptions, run_evaluation
+from esi.cli.main import main
+from esi.eval.suite import EvalOptions, run_evaluation
 
 
 @pytest.mark.slow
@@ -84,3 +84,23 @@ def test_ptbxl_rate_scores_every_model_on_the_500hz_records(model_dir: Path, ptb
     assert result["n_records"] == expected
     n_loaded = result["n_records"] + result["n_train_records"]
     assert result["input_notes"] == {"resampled from 500 Hz to 100 Hz": n_loaded}
+
+
+def test_eval_device_cpu_runs_and_missing_cuda_is_a_one_line_error(model_dir: Path, ptbxl_root: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    out = tmp_path / "eval"
+    base = ["eval", "--model", f"nano={model_dir}", "--root", str(ptbxl_root), "--out", str(out), "--what", "finetune",
+            "--epochs", "1", "--limit", "2", "--quiet"]
+    assert main(base + ["--device", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["options"]["device"] == "cpu"
+    finetune = results["models"]["nano"]["finetune"]["superclass"]
+    assert {"esi_init", "random_init"} <= set(finetune) and finetune["n_train_records"] == 16
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(base + ["--device", "cuda", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda: CUDA is not available") and "Traceback" not in err

@@ -1,4 +1,4 @@
-"""Fine-tuning (``esi.finetune``) learns: AUC > 0.9 on synthetic ECGs whose classes are clear waveform
+"""Fine-tuning (``esi.eval.finetune``) learns: AUC > 0.9 on synthetic ECGs whose classes are clear waveform
 features, and chance level when the training labels are shuffled."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from esi.ecg_encoder import ConvNeXtV2ECG, ECGEncoderConfig
-from esi.finetune import FinetuneConfig, finetune_and_baseline
+from esi.eval.finetune import FinetuneConfig, finetune_and_baseline
+from esi.model.ecg_encoder import ConvNeXtV2ECG, ECGEncoderConfig
 
 CLASSES = ["SLOW_WAVE", "SPIKES"]
 ENCODER = ECGEncoderConfig(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], drop_path_rate=0.0)
@@ -64,3 +64,20 @@ def test_finetuning_on_shuffled_labels_stays_at_chance(data) -> None:
     results = finetune_and_baseline(ENCODER, None, x_train, shuffled, x_test, y_test, CLASSES, RECIPE)
     assert "esi_init" not in results
     assert results["random_init"]["macro_auc"] < 0.7, results["random_init"]["per_class_auc"]
+
+
+def test_the_device_argument_trains_there_and_cpu_is_the_default(data) -> None:
+    """``device="cpu"`` is the old behaviour exactly; the classifier (not only the data) moves to the device."""
+    x_train, y_train, x_test, y_test = data
+    quick = FinetuneConfig(epochs=1, batch_size=32, lr=3e-3, seed=0)
+    default = finetune_and_baseline(ENCODER, None, x_train, y_train, x_test, y_test, CLASSES, quick)
+    on_cpu = finetune_and_baseline(ENCODER, None, x_train, y_train, x_test, y_test, CLASSES, quick, device="cpu")
+    assert on_cpu["random_init"]["train_loss"] == default["random_init"]["train_loss"]
+    assert on_cpu["random_init"]["per_class_auc"] == default["random_init"]["per_class_auc"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_finetuning_on_cuda_learns_as_on_cpu(data) -> None:
+    x_train, y_train, x_test, y_test = data
+    results = finetune_and_baseline(ENCODER, None, x_train, y_train, x_test, y_test, CLASSES, RECIPE, device="cuda")
+    assert min(results["random_init"]["per_class_auc"].values()) > 0.9, results["random_init"]["per_class_auc"]

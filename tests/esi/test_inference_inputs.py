@@ -11,8 +11,8 @@ import pytest
 import wfdb
 
 from corpora.base import STANDARD_LEADS, ECGRecord
-from esi.cli_inference import main
-from esi.inference import (
+from esi.cli.main import main
+from esi.serve.inference import (
     ESIInference,
     InputError,
     ResampledWarning,

@@ -14,10 +14,10 @@ import pytest
 import wfdb
 
 from corpora.base import STANDARD_LEADS, RecordError, check_signal
-from esi.api.backend import upload_record as _upload_record  # what the API hands to fit_to_model
-from esi.api.uploads import UploadError, parse_upload
-from esi.cli_inference import main
-from esi.inference import InputError, fit_to_model, load_record
+from esi.cli.main import main
+from esi.serve.api.backend import upload_record as _upload_record  # what the API hands to fit_to_model
+from esi.serve.api.uploads import UploadError, parse_upload
+from esi.serve.inference import InputError, fit_to_model, load_record
 
 NAME = "00001_lr"
 ELEVEN_FLAT = ("leads I, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6 flat (peak-to-peak under 0.005 mV), "

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from esi.loss import ESILoss
+from esi.model.loss import ESILoss
 
 
 def test_loss_matches_direct_computation() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from esi.loss import ESILoss, finding_targets
+from esi.model.loss import ESILoss, finding_targets
 
 
 def _features(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +59,8 @@ def test_shared_findings_lower_the_loss_of_matching_pairs() -> None:
 
 
 def test_unknown_target_mode_is_named() -> None:
-    from esi.config import ConfigError
-    from esi.factory import create_model
+    from esi.model.config import ConfigError
+    from esi.model.factory import create_model
 
     with pytest.raises(ValueError, match="contrastive_targets"):
         ESILoss(contrastive_targets="soft")

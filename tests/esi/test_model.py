@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from esi.config import ConfigError, deep_merge
-from esi.ecg_encoder import ConvNeXtV2ECG, ECGEncoderConfig, count_parameters
-from esi.factory import create_model, get_model_config, list_models
-from esi.model import ESIModel
-from esi.text_encoder import PAPER_TEXT_MODEL, TextModelNotAvailable, load_text_backbone
-from esi.tokenizer import CaptionTokenizer
+from esi.model.config import ConfigError, deep_merge
+from esi.model.ecg_encoder import ConvNeXtV2ECG, ECGEncoderConfig, count_parameters
+from esi.model.factory import create_model, get_model_config, list_models
+from esi.model.model import ESIModel
+from esi.model.text_encoder import PAPER_TEXT_MODEL, TextModelNotAvailable, load_text_backbone
+from esi.model.tokenizer import CaptionTokenizer
 
 
 def test_paper_encoder_sizes_match_the_paper() -> None:

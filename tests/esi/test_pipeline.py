@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from esi.__main__ import main
+from esi.cli.main import main
 
 
 @pytest.mark.slow

@@ -14,9 +14,16 @@ import numpy as np
 import pytest
 
 from corpora.ptbxl import PTBXLReader
-from esi.cli_inference import main
-from esi.inference import ESIInference
-from esi.search import ECGIndex, SearchError, TextIndex, ephemeral_client, knowledge_texts, open_collection
+from esi.cli.main import main
+from esi.serve.inference import ESIInference
+from esi.serve.search import (
+    ECGIndex,
+    SearchError,
+    TextIndex,
+    ephemeral_client,
+    knowledge_texts,
+    open_collection,
+)
 
 
 @pytest.fixture(scope="module")

