@@ -316,9 +316,14 @@ class ESIInference:
         """(D,) unit embedding of a text query: as typed (``raw``) or expanded into the texts the model
         was trained on (``views``, :func:`esi.train.views.expand_query`)."""
         from esi.train.views import expand_query
+        from retrieval.store import QueryError, validate_query
 
         if query_text not in QUERY_TEXTS:
             raise InputError(f"query text must be one of {', '.join(QUERY_TEXTS)}, got {query_text!r}")
+        try:  # the knowledge store's rules: the text tower is English MiniLM too, so the same queries fail
+            query = validate_query(query)
+        except QueryError as error:
+            raise InputError(f"text query: {error}") from error
         texts, weights = ([query], [1.0]) if query_text == "raw" else expand_query(query, self.label_prior_document)
         vectors = self.embed_texts(texts)
         mean = (vectors * np.asarray(weights, dtype=np.float32)[:, None]).sum(axis=0)

@@ -105,7 +105,8 @@ def test_search_k_larger_than_collection_returns_everything(client, api_env):
     assert sorted(r["id"] for r in results) == sorted(api_env.item_ids)
 
 
-@pytest.mark.parametrize("params", [{"q": "   "}, {"q": ""}, {"q": "x", "k": 0}, {"q": "x", "k": 51}, {}])
+@pytest.mark.parametrize("params", [{"q": "   "}, {"q": ""}, {"q": "x", "k": 0}, {"q": "x", "k": 51}, {},
+                                    {"q": "心房颤动"}, {"q": "a" * 2001}])
 def test_search_rejects_bad_queries(client, params):
     response = client.get("/api/search", params=params)
     assert response.status_code == 422, response.text

@@ -108,3 +108,12 @@ def test_index_and_search_cli(model_dir: Path, ptbxl_root: Path, tmp_path: Path,
     assert main(["search", "--model", str(model_dir), "--collection", "nowhere", "--store", store,
                  "sinus rhythm"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # queries the English text tower cannot read are refused with the knowledge store's reasons, not ranked
+    for query, reason in (("фибрилляция предсердий", "no Latin letters"), ("a" * 10_000, "the limit is"),
+                          ("atrial \udcff fibrillation", "not valid Unicode")):
+        assert main(["search", "--model", str(model_dir), "--collection", "ptbxl-fold9", "--store", store,
+                     query]) == 2
+        assert reason in capsys.readouterr().err
+    assert main(["search", "--model", str(model_dir), "--collection", "ptbxl-fold9", "--store", store, "-k", "2",
+                 "--json", "ＡＦ"]) == 0  # full-width letters are folded (NFKC), not refused
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 2

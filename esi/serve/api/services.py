@@ -108,7 +108,10 @@ class ModelService:
     def _query_embedding(self, query: str) -> np.ndarray:
         """A text query's embedding (cached per query string by ``query_embedding``)."""
         with self.lock:
-            return self.inference.query_embedding(query)
+            try:
+                return self.inference.query_embedding(query)
+            except InputError as error:  # an unusable query (no Latin letters, not valid Unicode): the client's
+                raise BackendError(str(error), status_code=422) from error
 
 
 class CollectionService:
