@@ -9,7 +9,15 @@ A description generated for a finding is accepted only if it
   "Waveform features" bullets that no other entry's bullets contain),
 - asserts no other finding unless that finding is named in the retrieved passages. "Assert" uses the
   knowledge entries' names/aliases as vocabulary with negation handling: "no atrial fibrillation",
-  "unlike LBBB" or "unless a fascicular block coexists" are not assertions.
+  "unlike LBBB" or "unless a fascicular block coexists" are not assertions,
+- uses no content word or upper-case term the grounding lacks (with ``features``: the bullets the model
+  was asked to rewrite), and repeats no content word more often than the grounding does: the model
+  rephrases the grounded bullets, so a new word ("irregular", "caused by a variety of factors", "QT
+  complex") is invented content; plain connectives ("shows", "with", "typical") and the finding's own
+  names are exempt, and words match on their first five letters ("inverted" is grounded by "inversion"),
+- makes no lead, territory or QRS-width claim the passages do not support (:mod:`cqa.claims`: inferior is
+  II, III, aVF; a PAC's QRS is narrow unless aberrant; the features stated for a lead list must be the
+  ones the passages give there). With no passages given, the entry's own sections are the grounding.
 
 Otherwise it is replaced by :func:`grounded_description`, built deterministically from the entry's
 "Waveform features" bullets. :func:`check_caption` is the same faithfulness test applied to any
@@ -26,6 +34,7 @@ from typing import Any
 
 from corpora.knowledge import KnowledgeEntry, load_entries
 
+from .claims import claim_problems, entry_passages
 from .vocab import Mention, Vocabulary, default_vocabulary, entry_terms
 
 MIN_CHARS = 20
@@ -47,6 +56,7 @@ _GARBAGE = [
     (re.compile(r"(?m)^\s*(?:[-*•]|\d+[.)])\s"), "list formatting"),
     (re.compile(r"(?i)\b(?:also called|category|scp-ecg codes?|snomed ct codes?|summary|definition|mechanism|"
                 r"diagnostic criteria|waveform features|common confusions)\s*:"), "echoed passage headings"),
+    (re.compile(r"[\w′')]:\s+\S"), "echoed feature label"),
 ]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 _STOP = {"a", "an", "the", "of", "in", "on", "and", "or", "with", "to", "by", "is", "are", "as", "at", "for",
@@ -54,7 +64,20 @@ _STOP = {"a", "an", "the", "of", "in", "on", "and", "or", "with", "to", "by", "i
          "one", "more", "less", "all", "any", "both", "only", "into", "over", "under", "ms", "mm", "mv"}
 _KEY_TERM_CUT = re.compile(r"\b(?:unless|except|without|not|no|absent|rather than|instead of|usually|may)\b|\(",
                            re.I)
-_LEAD_NUMBERS = {"1", "2", "3", "4", "5", "6", "12"}  # V1-V6, 12-lead: not measurements
+_LEAD_NUMBERS = {"1", "2", "3", "4", "5", "6", "12"}
+# Words a rephrasing may add without adding content (checked words have >= 4 letters).
+_CONNECTIVES = frozenset("""
+    show shows showing shown have having gives give given seen appear appears appearing present presents produce
+    produces producing feature features featured typical typically characteristic include includes including which
+    where while there their these those with into also along together followed follow follows each every both other
+    than then when such same this that them they been being often usually mainly mostly more less most least very
+    well thus hence described describe describes means mean pattern patterns wave waves lead leads finding findings
+    type types kind form forms tracing tracings electrocardiogram last lasts lasting measure measures measuring
+    measured occur occurs occurring display displays demonstrate demonstrates contain contains consist consists
+    reveal reveals exhibit exhibits marked characterised characterized""".split())
+# Width words are checked, with their wave, by cqa.claims (a PAC's "wide QRS" needs "aberrant" support).
+_WIDTH_WORD = re.compile(r"^(?:wide|wider|widen\w*|broad\w*|narrow\w*)$")
+_STEM = 5  # V1-V6, 12-lead: not measurements
 _LEAD_WORD = re.compile(r"^(?:i{1,3}|avr|avl|avf|v[1-6](?:[–-]v?[1-6])?|leads?|\d+)$", re.I)
 
 
@@ -220,8 +243,13 @@ def trim_to_sentences(text: str, max_sentences: int = MAX_SENTENCES) -> str:
 
 def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (), *,
                          vocab: Vocabulary | None = None, max_chars: int = MAX_CHARS,
-                         max_sentences: int = MAX_SENTENCES, min_chars: int = MIN_CHARS) -> Check:
-    """Check a generated description of ``entry_id`` against the rules in the module docstring."""
+                         max_sentences: int = MAX_SENTENCES, min_chars: int = MIN_CHARS,
+                         features: Sequence[str] | None = None) -> Check:
+    """Check a generated description of ``entry_id`` against the rules in the module docstring.
+
+    ``features``: the bullets the model was asked to rewrite; when given, its words and abbreviations must
+    come from them (not merely from some passage), since rephrasing them was the whole task.
+    """
     vocab = vocab or default_vocabulary()
     reasons: list[str] = []
     cleaned = trim_to_sentences(text or "", max_sentences)
@@ -256,6 +284,19 @@ def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (),
                                                                         source_text))
         if unsupported_numbers:
             reasons.append(f"numbers not in the passages: {', '.join(unsupported_numbers)}")
+    grounding = list(passages) or (entry_passages(entry) if entry is not None else [])
+    source = list(features) if features else grounding
+    where = "the features" if features else "the passages"
+    if source:
+        novel = novel_words(cleaned, source, entry)
+        if novel:
+            reasons.append(f"words not in {where}: {', '.join(novel[:6])}")
+        new_terms = novel_abbreviations(cleaned, source, entry)
+        if new_terms:
+            reasons.append(f"abbreviations not in {where}: {', '.join(new_terms)}")
+        repeated = repeated_words(cleaned, [*source, *(entry_terms(entry) if entry else [])])
+        if repeated:
+            reasons.append(f"repeats {', '.join(repeated)} more often than {where} do")
     mentions = vocab.mentions(cleaned)
     if any(entry_id in m.entry_ids and m.qualifier == "negated" for m in mentions):
         reasons.append(f"negates the finding {entry_id!r} it describes")
@@ -265,7 +306,51 @@ def validate_description(text: str, entry_id: str, passages: Sequence[Any] = (),
     absent = sorted({i for ids in asserted_findings(cleaned, vocab) if not allowed.intersection(ids) for i in ids})
     if absent:
         reasons.append(f"asserts findings absent from the input and passages: {', '.join(absent)}")
+    if grounding:
+        reasons += claim_problems(cleaned, grounding, entry)
     return Check(not reasons, reasons, cleaned)
+
+
+def novel_abbreviations(text: str, passages: Sequence[Any], entry: KnowledgeEntry | None = None) -> list[str]:
+    """Upper-case terms of ``text`` ("QT", "QRS", "LQT2", "AV") absent from the passages and the finding's
+    names; leads are checked by :mod:`cqa.claims`. Short terms carry most of an ECG sentence's content."""
+    source = " ".join(str(getattr(p, "text", p)) for p in passages)
+    names = " ".join(entry_terms(entry)) if entry else ""
+    found = []
+    for term in re.findall(r"(?<![\w′'])[A-Z][A-Za-z0-9]*[A-Z0-9](?![\w′'])", text):
+        if _LEAD_WORD.match(term) or term in found:
+            continue
+        if not re.search(rf"(?<![\w′']){re.escape(term)}(?![A-Za-z])", f"{source} {names}"):
+            found.append(term)
+    return found
+
+
+def repeated_words(text: str, passages: Sequence[Any]) -> list[str]:
+    """Content words (>= 5 letters) the text uses more than once and more often than the passages: the
+    small model's way of filling a sentence ("broad-based in LQT1, broad-based in LQT2")."""
+    source = " ".join(str(getattr(p, "text", p)) for p in passages).lower()
+    counts: dict[str, int] = {}
+    for word in re.findall(r"[a-z][a-z′'-]{4,}", text.lower()):
+        if word not in _CONNECTIVES:
+            counts[word] = counts.get(word, 0) + 1
+    return [f"{word!r}" for word, n in counts.items()
+            if n > 1 and n > len(re.findall(rf"(?<![a-z]){re.escape(word)}(?![a-z])", source))]
+
+
+def novel_words(text: str, passages: Sequence[Any], entry: KnowledgeEntry | None = None) -> list[str]:
+    """Content words of ``text`` (>= 4 letters) that no passage word shares its first five letters with,
+    other than connectives and the finding's own name words: what a rewrite added rather than rephrased."""
+    source = " ".join(str(getattr(p, "text", p)) for p in passages).lower()
+    stems = {w[:_STEM] for w in re.findall(r"[a-z]+", source)}
+    names = {w.lower() for term in (entry_terms(entry) if entry else []) for w in re.findall(r"[A-Za-z]+", term)}
+    novel: list[str] = []
+    for word in re.findall(r"[A-Za-z]+", text):
+        lower = word.lower()
+        if len(lower) < 4 or lower in _CONNECTIVES or lower in _STOP or lower in names or _WIDTH_WORD.match(lower):
+            continue
+        if lower[:_STEM] not in stems and word not in novel:
+            novel.append(word)
+    return novel
 
 
 def grounded_description(entry: KnowledgeEntry, max_bullets: int = MAX_BULLETS) -> str:
