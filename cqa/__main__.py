@@ -37,7 +37,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="description cache (SQLite); default $ESI_CACHE_DIR/cqa_descriptions.sqlite")
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per finding")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per LLM call before grounded fallback")
-    parser.add_argument("--max-new-tokens", type=int, default=72)
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="generation limit per description (cqa.llm.DEFAULT_MAX_NEW_TOKENS)")
     parser.add_argument("--max-bullets", type=int, default=3, help="waveform bullets per grounded description")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every fallback reason")
 

@@ -1,10 +1,14 @@
 """Persistent description cache (SQLite, one transaction per write), so re-runs cost no LLM call.
 
-Key: sha256 of (finding id, retrieved passage texts, knowledge_version, model id, prompt hash). A new
+Key: sha256 of (finding id, grounding passage texts, knowledge_version, model id, prompt hash). A new
 dataset that shares findings with an earlier run reuses the descriptions; changing the corpus, the
-model, the prompt or the passages changes the key. Both accepted LLM descriptions and rejected ones
-(stored with source "grounded" and the rejection reason) are cached, because decoding is greedy and
-the same input would fail the same way; timeouts and backend errors are not cached (transient).
+model, the prompt or the passages changes the key. The prompt hash (``cqa.llm.Describer.prompt_hash``)
+covers the prompt YAML (system text, template, few-shot examples), the code that renders it
+(``cqa.llm.PROMPT_FORMAT``) and ``max_new_tokens``; paraphrase variants add a ``:vN`` suffix. Both
+accepted LLM descriptions and rejected ones (stored with source "grounded" and the rejection reason)
+are cached, because decoding is greedy and the same input would fail the same way; timeouts and backend
+errors are not cached (transient). An accepted text is validated again when read
+(``cqa.caption.Captioner``), so a stricter validator never serves what an older one let through.
 """
 
 from __future__ import annotations

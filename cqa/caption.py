@@ -28,12 +28,12 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from corpora.knowledge import KnowledgeEntry, knowledge_version, load_entries
 
 from .cache import CachedDescription, DescriptionCache, cache_key
-from .llm import Describer
+from .llm import Describer, features_from_passages
 from .normalize import Finding, Normalized, Normalizer, cpsc_classes, default_normalizer
 from .validate import MAX_BULLETS, grounded_description, validate_description
 from .vocab import default_vocabulary
@@ -41,6 +41,8 @@ from .vocab import default_vocabulary
 log = logging.getLogger(__name__)
 
 DEFAULT_K = 3
+# Variants tried per finding before the grounded fallback (each one validated and cached on its own).
+DEFAULT_ATTEMPTS = 2
 # Findings most records share go last in a caption (PTB-XL: ~80 % sinus rhythm).
 BASELINE_FINDINGS = ("sinus_rhythm",)
 # label_info keys that name a label at some level of its vocabulary's hierarchy (PTB-XL, SNOMED, MIMIC).
@@ -188,8 +190,12 @@ class Captioner:
 
     def __init__(self, *, describer: Describer | None = None, store: PassageStore | None = None,
                  cache: DescriptionCache | None = None, normalizer: Normalizer | None = None,
-                 k: int = DEFAULT_K, max_bullets: int = MAX_BULLETS, knowledge_dir: str | None = None):
+                 k: int = DEFAULT_K, max_bullets: int = MAX_BULLETS, knowledge_dir: str | None = None,
+                 attempts: int = DEFAULT_ATTEMPTS):
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {attempts}")
         self.describer = describer
+        self.attempts = attempts
         self.store = store
         self.cache = cache
         self.normalizer = normalizer or default_normalizer(knowledge_dir)
@@ -199,8 +205,9 @@ class Captioner:
         self.k = k
         self.max_bullets = max_bullets
         self.stats = {"llm_calls": 0, "llm_accepted": 0, "llm_rejected": 0, "llm_errors": 0, "cache_hits": 0,
-                      "grounded": 0, "retrievals": 0}
+                      "cache_invalidated": 0, "grounded": 0, "retrievals": 0}
         self._memo: dict[str, Description] = {}
+        self._variants: dict[tuple[str, int], Description] = {}
         self._passages: dict[str, list[Any]] = {}
 
     @property
@@ -224,39 +231,109 @@ class Captioner:
                            passages or [])
 
     def describe(self, entry_id: str) -> Description:
-        """One finding's description: memo -> persistent cache -> LLM (validated) -> grounded fallback."""
+        """One finding's description: memo -> persistent cache -> LLM (validated) -> grounded fallback.
+
+        Up to ``attempts`` variants (few-shot examples rotated, see :meth:`variant`) are tried in order and
+        the first one the validator accepts is used; each is cached, so a re-run repeats no call. Every
+        candidate passes the same validation: retrying changes how often the model is used, not how strictly
+        its text is checked.
+        """
         if entry_id in self._memo:
             return self._memo[entry_id]
         if self.describer is None:
             description = self.grounded(entry_id, "grounded-only run (--llm none)")
         else:
             description = self._generate(entry_id)
+            for variant in range(1, self.attempts):
+                if description.source == "llm" or description.reason is None \
+                        or not description.reason.startswith("LLM output rejected"):
+                    break  # accepted, or a timeout/backend error: not worth another call
+                retry = self._generate(entry_id, variant)
+                if retry.source == "llm":
+                    description = retry
         if description.source == "grounded":
             self.stats["grounded"] += 1
         self._memo[entry_id] = description
         return description
 
-    def _generate(self, entry_id: str) -> Description:
+    def grounding_for(self, entry_id: str) -> tuple[list[str], list[Any]]:
+        """The feature bullets the LLM rewrites and the passages its output is checked against.
+
+        The bullets are the first ``max_bullets`` of the retrieved "Waveform features" passage (the ones the
+        grounded fallback joins). When retrieval did not return that passage, the entry's own section is
+        added to the grounding, so every bullet the model saw is also in the passages that check it.
+        """
+        passages = self.passages_for(entry_id)
+        features = features_from_passages(passages)[:self.max_bullets]
+        if features:
+            return features, passages
+        entry = self.entries[entry_id]
+        section = f"{entry.name} — Waveform features:\n{entry.sections.get('waveform features', '')}"
+        return entry.waveform_features[:self.max_bullets], [*passages, section]
+
+    def variant(self, entry_id: str, variant: int, *, generate: bool = True) -> Description | None:
+        """Description ``variant`` of a finding (variant N rewrites the same bullets after few-shot examples
+        rotated N places), through the same validation and cache; the caption uses the first accepted of
+        variants ``0 .. attempts - 1``. ``generate=False``: cache only (None if absent). Needs a describer;
+        see :mod:`cqa.paraphrase`."""
+        if self.describer is None:
+            return None
+        return self._generate(entry_id, variant, generate=generate)
+
+    def _cache_key(self, entry_id: str, texts: list[str], variant: int) -> tuple[str, str]:
+        assert self.describer is not None
+        prompt_hash = self.describer.prompt_hash if variant == 0 else f"{self.describer.prompt_hash}:v{variant}"
+        return cache_key(entry_id, texts, self.knowledge_version, self.describer.model_id, prompt_hash), prompt_hash
+
+    @overload
+    def _generate(self, entry_id: str, variant: int = 0) -> Description: ...
+
+    @overload
+    def _generate(self, entry_id: str, variant: int = 0, *, generate: bool) -> Description | None: ...
+
+    def _generate(self, entry_id: str, variant: int = 0, *, generate: bool = True) -> Description | None:
+        if (entry_id, variant) in self._variants:
+            return self._variants[(entry_id, variant)]
+        description = self._lookup_or_generate(entry_id, variant, generate)
+        if description is not None and (description.source == "llm" or description.cached
+                                        or (description.reason or "").startswith("LLM output rejected")):
+            self._variants[(entry_id, variant)] = description  # timeouts are not memoised: transient
+        return description
+
+    def _lookup_or_generate(self, entry_id: str, variant: int, generate: bool) -> Description | None:
         assert self.describer is not None
         entry = self.entries[entry_id]
-        passages = self.passages_for(entry_id)
+        features, passages = self.grounding_for(entry_id)
         texts = [str(getattr(p, "text", p)) for p in passages]
-        key = cache_key(entry_id, texts, self.knowledge_version, self.describer.model_id,
-                        self.describer.prompt_hash)
+        key, prompt_hash = self._cache_key(entry_id, texts, variant)
         cached = self.cache.get(key) if self.cache else None
         if cached is not None:
             self.stats["cache_hits"] += 1
-            if cached.source == "llm":
-                return Description(cached.text, "llm", None, passages, cached=True)
-            return Description(grounded_description(entry, self.max_bullets), "grounded", cached.reason,
-                               passages, cached=True)
+            if cached.source != "llm":
+                return Description(grounded_description(entry, self.max_bullets), "grounded", cached.reason,
+                                   passages, cached=True)
+            # a text accepted by an older validator is checked again: a stricter rule must not be bypassed
+            recheck = validate_description(cached.text, entry_id, passages, vocab=self.vocab, features=features)
+            if recheck.ok:
+                return Description(recheck.text, "llm", None, passages, cached=True)
+            self.stats["cache_invalidated"] += 1
+            reason = "LLM output rejected: " + "; ".join(recheck.reasons)
+            if self.cache is not None:
+                self.cache.put(key, finding=entry_id, knowledge_version=self.knowledge_version,
+                               model_id=self.describer.model_id, prompt_hash=prompt_hash,
+                               value=CachedDescription("", "grounded", reason, cached.raw))
+            return Description(grounded_description(entry, self.max_bullets), "grounded", reason, passages,
+                               cached=True)
+        if not generate:
+            return None
         self.stats["llm_calls"] += 1
-        generation = self.describer.generate(entry.name, passages)
+        generation = self.describer.generate(entry.name, passages, features=features, entry_id=entry_id,
+                                             variant=variant)
         if generation.error is not None:  # timeout / backend failure: transient, so not cached
             self.stats["llm_errors"] += 1
             log.warning("finding %s: grounded fallback (%s)", entry_id, generation.error)
             return self.grounded(entry_id, generation.error, passages)
-        check = validate_description(generation.text or "", entry_id, passages, vocab=self.vocab)
+        check = validate_description(generation.text or "", entry_id, passages, vocab=self.vocab, features=features)
         if check.ok:
             self.stats["llm_accepted"] += 1
             value = CachedDescription(check.text, "llm", None, generation.text)
@@ -269,7 +346,7 @@ class Captioner:
             description = self.grounded(entry_id, reason, passages)
         if self.cache is not None:
             self.cache.put(key, finding=entry_id, knowledge_version=self.knowledge_version,
-                           model_id=self.describer.model_id, prompt_hash=self.describer.prompt_hash, value=value)
+                           model_id=self.describer.model_id, prompt_hash=prompt_hash, value=value)
         return description
 
     def caption(self, normalized: Normalized, *, age: float | None = None, sex: str | None = None,

@@ -1,4 +1,9 @@
-"""Local-LLM backends and the per-finding description chain (prompt | model | StrOutputParser).
+"""Local-LLM backends and the per-finding description chain (few-shot chat | model | StrOutputParser).
+
+The model does not summarise passages: it rewrites the finding's grounded feature bullets (the ones the
+grounded fallback joins) as one or two sentences, after a few worked examples (``prompts/describe.yaml``).
+A 135M model reliably rephrases and reorders given text; asked to summarise raw passages it drifted,
+echoed headings and ran out of tokens (about three quarters of its outputs were rejected).
 
 One option picks the backend (``--llm``):
 
@@ -20,6 +25,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,14 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompt_values import ChatPromptValue
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MAX_NEW_TOKENS = 72
+DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_TIMEOUT_S = 60.0
 PROMPT_FILE = "describe.yaml"
 
@@ -123,7 +131,6 @@ def _transformers_chat(model_dir: Path, gguf_file: str | None, model_id: str, ma
 
 def _llama_cpp_chat(path: Path, max_new_tokens: int) -> Runnable:
     """A Runnable over llama-cpp-python's chat completion (only when that package is installed)."""
-    from langchain_core.messages import AIMessage
     from langchain_core.prompt_values import PromptValue
     from llama_cpp import Llama  # type: ignore[import-not-found]
 
@@ -191,14 +198,56 @@ def _cached_transformers(model_dir: str, gguf_file: str | None, model_id: str, m
     return _transformers_chat(Path(model_dir), gguf_file, model_id, max_new_tokens, timeout_s)
 
 
+# Bumped whenever the code that turns a PromptSpec into messages changes (the YAML digest cannot see it), so
+# cached descriptions made by another prompt never come back.
+PROMPT_FORMAT = 3
+
+
+@dataclass(frozen=True)
+class Example:
+    """One few-shot example: a knowledge entry (its bullets are read from the corpus) and its rewrite."""
+
+    entry: str
+    description: str
+
+
 @dataclass(frozen=True)
 class PromptSpec:
     system: str
     human: str
     digest: str
+    examples: tuple[Example, ...] = ()
+    bullets: int = 3
+    shots: int = 3
 
     def template(self) -> ChatPromptTemplate:
+        """System + human template only (no examples): what :meth:`messages` fills in per finding."""
         return ChatPromptTemplate.from_messages([("system", self.system), ("human", self.human)])
+
+    def pick_examples(self, entry_id: str | None, variant: int = 0) -> list[Example]:
+        """``shots`` examples, never the finding's own; ``variant`` rotates the pool (paraphrase variants)."""
+        pool = [e for e in self.examples if e.entry != entry_id]
+        if not pool:
+            return []
+        start = (variant * self.shots) % len(pool)
+        return [pool[(start + i) % len(pool)] for i in range(min(self.shots, len(pool)))]
+
+    def messages(self, finding: str, features: Sequence[str], entry_id: str | None = None,
+                 variant: int = 0) -> list[BaseMessage]:
+        """The full chat: system, the few-shot turns (human features -> ai rewrite), the finding's turn."""
+        from corpora.knowledge import entry_by_id
+
+        entries = entry_by_id()
+        chat: list[BaseMessage] = [SystemMessage(self.system)]
+        for example in self.pick_examples(entry_id, variant):
+            entry = entries.get(example.entry)
+            if entry is None:
+                continue
+            chat.append(HumanMessage(self.human.format(
+                finding=neutralise(entry.name), features=format_features(entry.waveform_features[:self.bullets]))))
+            chat.append(AIMessage(example.description))
+        chat.append(HumanMessage(self.human.format(finding=neutralise(finding), features=format_features(features))))
+        return chat
 
 
 def load_prompt(path: str | Path | None = None) -> PromptSpec:
@@ -208,10 +257,17 @@ def load_prompt(path: str | Path | None = None) -> PromptSpec:
     data = yaml.safe_load(raw)
     if not isinstance(data, dict) or not {"system", "human"} <= set(data):
         raise LLMError(f"{source}: prompt file needs 'system' and 'human' keys")
-    for variable in ("{passages}", "{finding}"):
+    for variable in ("{features}", "{finding}"):
         if variable not in data["human"]:
             raise LLMError(f"{source}: the 'human' template must contain {variable}")
-    return PromptSpec(data["system"], data["human"], hashlib.sha256(raw.encode()).hexdigest()[:16])
+    examples = []
+    for item in data.get("examples") or []:
+        if not isinstance(item, dict) or not {"entry", "description"} <= set(item):
+            raise LLMError(f"{source}: every example needs 'entry' and 'description'")
+        examples.append(Example(str(item["entry"]), " ".join(str(item["description"]).split())))
+    digest = hashlib.sha256(f"{PROMPT_FORMAT}\n{raw}".encode()).hexdigest()[:16]
+    return PromptSpec(data["system"], data["human"], digest, tuple(examples), int(data.get("bullets", 3)),
+                      int(data.get("shots", 3)))
 
 
 def neutralise(text: str) -> str:
@@ -229,6 +285,40 @@ def format_passages(passages: Sequence[Any]) -> str:
     return "\n".join(blocks) if blocks else "(no passages)"
 
 
+_NOTE_LABEL = re.compile(r"^([^:]{1,40}):\s*(.+)$", re.S)
+_LAST_COMMA = re.compile(r",\s*(?=[^,]*$)")
+
+
+def render_note(bullet: str) -> str:
+    """A feature bullet as a clause the model can copy: "II, III, aVF: ST elevation" -> "ST elevation in II,
+    III and aVF"; "QRS: duration 120 ms" -> "QRS duration 120 ms". Moving lead lists is where the small model
+    mixed leads up ("ST depression in II, III, aVF"), so the notes it reads already have them in place."""
+    from .claims import anchors
+
+    match = _NOTE_LABEL.match(bullet.strip())
+    if not match:
+        return bullet.strip()
+    label, feature = match.group(1).strip(), match.group(2).strip()
+    found = anchors(label)
+    if found and found[0].territory is None and found[0].start == 0 and found[-1].end >= len(label):
+        leads = _LAST_COMMA.sub(" and ", label)
+        if any(a.territory is None for a in anchors(feature)):  # "V1–V6: ... tall R in V5–V6": leads first
+            return f"in {leads}, {feature}"
+        return f"{feature} in {leads}"
+    if label.lower() in feature.lower():
+        return feature
+    if re.match(r"[A-Z][a-z]+\b", label) and not any(c.isupper() for c in label[1:]):
+        label = label[:1].lower() + label[1:]  # "Rhythm", "Frontal axis" read mid-sentence; "QRS", "T wave" stay
+    return f"{label} {feature}"
+
+
+def format_features(features: Sequence[str]) -> str:
+    """Feature bullets as "- ..." note lines (:func:`render_note`), each neutralised and on one line (a
+    bullet cannot open a block)."""
+    lines = [f"- {render_note(' '.join(neutralise(str(f)).split()))}" for f in features if str(f).strip()]
+    return "\n".join(lines) if lines else "- (no features)"
+
+
 @dataclass
 class Generation:
     text: str | None
@@ -237,17 +327,23 @@ class Generation:
 
 
 class Describer:
-    """Generates one waveform description per finding: prompt | model | StrOutputParser, with a timeout."""
+    """Generates one waveform description per finding: few-shot chat | model | StrOutputParser, with a timeout.
+
+    The model sees only the finding name and its grounded feature bullets (see ``prompts/describe.yaml``).
+    """
 
     def __init__(self, backend: LLMBackend, prompt: PromptSpec | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 constrain: bool = True):
         if not backend.enabled:
             raise LLMError("Describer needs a model; use --llm none for grounded-only captions")
         self.backend = backend
         self.prompt = prompt or load_prompt()
         self.timeout_s = timeout_s
+        self.constrain = constrain
         self._chain: Runnable | None = None
-        settings = json.dumps({"prompt": self.prompt.digest, "max_new_tokens": max_new_tokens}, sort_keys=True)
+        settings = json.dumps({"prompt": self.prompt.digest, "max_new_tokens": max_new_tokens,
+                               "constrain": constrain}, sort_keys=True)
         self.prompt_hash = hashlib.sha256(settings.encode()).hexdigest()[:16]
 
     @property
@@ -255,19 +351,46 @@ class Describer:
         return self.backend.model_id
 
     @property
+    def bullets(self) -> int:
+        """How many feature bullets the prompt gives the model."""
+        return self.prompt.bullets
+
+    @property
     def chain(self) -> Runnable:
-        """prompt | model | StrOutputParser (built on first use, which loads a local model)."""
+        """messages | model | StrOutputParser (built on first use, which loads a local model)."""
         if self._chain is None:
-            self._chain = self.prompt.template() | self.backend.model | StrOutputParser()
+            self._chain = RunnableLambda(self._to_messages) | self.backend.model | StrOutputParser()
         return self._chain
 
-    def inputs(self, finding_name: str, passages: Sequence[Any]) -> dict[str, str]:
-        return {"finding": neutralise(finding_name), "passages": format_passages(passages)}
+    def chain_for(self, inputs: dict[str, Any]) -> Runnable:
+        """The chain for one call: with ``constrain`` and a local transformers model, decoding may only use the
+        finding's and features' vocabulary and never repeats itself (:mod:`cqa.constrain`)."""
+        model = self.backend.model
+        tokenizer = getattr(model, "tokenizer", None)
+        if not self.constrain or tokenizer is None or not hasattr(getattr(model, "llm", None), "pipeline"):
+            return self.chain
+        from .constrain import feature_constraints
 
-    def generate(self, finding_name: str, passages: Sequence[Any]) -> Generation:
+        processors = feature_constraints(tokenizer, inputs["finding"], inputs["features"])
+        bound = model.bind(pipeline_kwargs={"logits_processor": processors})  # type: ignore[union-attr]
+        return RunnableLambda(self._to_messages) | bound | StrOutputParser()
+
+    def _to_messages(self, inputs: dict[str, Any]) -> ChatPromptValue:
+        return ChatPromptValue(messages=self.prompt.messages(inputs["finding"], inputs["features"],
+                                                             inputs.get("entry"), int(inputs.get("variant", 0))))
+
+    def inputs(self, finding_name: str, passages: Sequence[Any], features: Sequence[str] | None = None,
+               entry_id: str | None = None, variant: int = 0) -> dict[str, Any]:
+        """Chain inputs; without ``features`` the bullets of the first "Waveform features" passage are used."""
+        if features is None:
+            features = features_from_passages(passages)[:self.bullets]
+        return {"finding": finding_name, "features": list(features), "entry": entry_id, "variant": variant}
+
+    def generate(self, finding_name: str, passages: Sequence[Any] = (), *, features: Sequence[str] | None = None,
+                 entry_id: str | None = None, variant: int = 0) -> Generation:
         """Run the chain in a worker thread; past ``timeout_s`` give up and report why."""
-        inputs = self.inputs(finding_name, passages)
-        chain = self.chain  # loads a local model now, outside the timed call
+        inputs = self.inputs(finding_name, passages, features, entry_id, variant)
+        chain = self.chain_for(inputs)  # loads a local model now, outside the timed call
         outcome: dict[str, Any] = {}
 
         def work() -> None:
@@ -288,3 +411,14 @@ class Describer:
             log.warning("LLM %s failed on %r: %s", self.model_id, finding_name, outcome["error"])
             return Generation(None, f"LLM error: {outcome['error'][:300]}", seconds)
         return Generation(str(outcome.get("text", "")), None, seconds)
+
+
+def features_from_passages(passages: Sequence[Any]) -> list[str]:
+    """The "- " bullets of the first passage whose section is "Waveform features" (empty when none is)."""
+    from .claims import passage_section
+
+    for passage in passages:
+        section, body = passage_section(passage)
+        if section == "waveform features":
+            return [line.strip()[2:].strip() for line in body.splitlines() if line.strip().startswith("- ")]
+    return []

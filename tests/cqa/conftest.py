@@ -4,6 +4,7 @@ OpenAI-compatible server, and (slow) the real Chroma store and the SmolLM2 model
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -53,6 +54,17 @@ def make_store() -> type[SectionStore]:
     return SectionStore
 
 
+def rephrase_first_feature(prompt: str) -> str:
+    """What a good small model does with the description prompt: one sentence from the first feature bullet
+    ("V1: rsR′ complex" -> "<finding> shows rsR′ complex in V1.")."""
+    finding = prompt.split("<finding>")[1].split("</finding>")[0]
+    bullet = next(line[2:] for line in prompt.split("<features>")[1].splitlines() if line.startswith("- "))
+    where, _, what = bullet.partition(": ")
+    sentence = f"{finding} shows {what} in {where}" if re.search(r"\b(?:aV[RLF]|V\d|I{1,3})\b", where) else (
+        f"{finding} shows {where.lower()} {what}" if what else f"{finding} shows {bullet}")
+    return sentence.rstrip(" .") + "."
+
+
 class _ChatHandler(BaseHTTPRequestHandler):
     delay_s = 0.0
 
@@ -60,8 +72,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append(body)  # type: ignore[attr-defined]
         time.sleep(self.server.delay_s)  # type: ignore[attr-defined]
-        finding = body["messages"][-1]["content"].split("<finding>")[1].split("</finding>")[0]
-        text = f"{finding} shows its characteristic waveform changes on the twelve-lead tracing."
+        text = rephrase_first_feature(body["messages"][-1]["content"])
         reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
                  "choices": [{"index": 0, "finish_reason": "stop",
                               "message": {"role": "assistant", "content": text}}],
