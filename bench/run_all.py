@@ -70,11 +70,33 @@ def _metrics(data: dict[str, object]) -> dict[str, dict[str, object]]:
     return flat
 
 
+def _committed_on(suite: str) -> str:
+    """The day the suite's results file was last committed: the best date a result without one has."""
+    path = RESULTS_DIR / f"{suite}.json"
+    try:
+        day = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        day = ""
+    return f"committed {day}" if day else "date not recorded"
+
+
+def _measured_on(suite: str, data: dict[str, object]) -> str:
+    """Where and when one suite ran, from the ``machine`` block its script wrote."""
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    stamped = data.get("date") or machine.get("date")
+    when = str(stamped)[:10] if stamped else _committed_on(suite)
+    cpu = machine.get("cpu") or machine.get("processor") or "CPU not recorded"
+    cores = machine.get("cores") or machine.get("cpu_count") or "?"
+    return f"{cpu} ({cores} cores), {when}"
+
+
 def markdown_table(results: dict[str, object]) -> str:
-    machine = results["machine"]
     lines = [
-        f"Measured on {machine['cpu']} ({machine['cores']} cores), Python {machine['python']}; "
-        f"refreshed {results['date']} by `python bench/run_all.py`. Medians over repeated runs unless noted.",
+        f"Gathered {results['date']} by `python bench/run_all.py`; medians over repeated runs unless noted. Suites are "
+        "re-run one at a time, so each was measured on its own machine and day:",
+        "",
+        *(f"- {suite}: {_measured_on(suite, data)}" for suite, data in results["suites"].items()),
         "",
         "| suite | metric | value | target | note |",
         "|---|---|---|---|---|",
