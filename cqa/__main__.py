@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--store", default=None, help="knowledge store directory (built if missing)")
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     _common(explain)
+    para = sub.add_parser("paraphrases", help="validated LLM paraphrases of every finding in a caption folder "
+                                              "(JSON for ESI's caption views: views.paraphrases)")
+    para.add_argument("--captions", required=True, help="a `cqa caption` output folder: its findings are described")
+    para.add_argument("--out", required=True, help="JSON file {finding id: [paraphrases]} (written atomically)")
+    para.add_argument("--n", type=int, default=3, help="variants tried per finding (rejected ones are left out)")
+    para.add_argument("--store", default=None, help="knowledge store directory (built if missing)")
+    _common(para)
     return parser
 
 
@@ -161,6 +168,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paraphrases(args: argparse.Namespace) -> int:
+    from corpora.atomic import atomic_write_text
+
+    from .batch import read_output
+    from .paraphrase import paraphrase_table
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    rows = read_output(args.captions).column("findings").to_pylist()
+    entry_ids = sorted({f["id"] for row in rows for f in json.loads(row or "[]")})
+    captioner = build_captioner(args, need_store=True)
+    if captioner.describer is None:
+        raise ValueError("paraphrases need an LLM (--llm none writes grounded text only, which the caption has)")
+    table = {k: v for k, v in paraphrase_table(captioner, entry_ids, args.n).items() if v}
+    atomic_write_text(Path(args.out), json.dumps(table, ensure_ascii=False, indent=1, sort_keys=True))
+    print(f"{args.out}: {sum(map(len, table.values()))} paraphrases of {len(table)} of {len(entry_ids)} findings "
+          f"({captioner.stats.get('llm_calls', 0)} LLM calls, {captioner.stats.get('cache_hits', 0)} cache hits)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -174,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "caption":
             return cmd_caption(args)
+        if args.command == "paraphrases":
+            return cmd_paraphrases(args)
         return cmd_explain(args)
     except (LLMError, BatchError, KnowledgeError, RecordError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 VIEW_KINDS = ("caption", "findings", "finding", "names")
@@ -64,6 +65,9 @@ class ViewSettings:
     finding: float = 0.15
     names: float = 0.3
     names_per_record: int = 4
+    # JSON {knowledge entry id: [validated LLM paraphrases]} from `python -m cqa paraphrases`: each one joins
+    # the ``finding`` views of every record with that finding (None: the caption's own description only)
+    paraphrases: str | None = None
 
     def __post_init__(self) -> None:
         weights = [getattr(self, k) for k in VIEW_KINDS]
@@ -71,6 +75,8 @@ class ViewSettings:
             raise ViewError(f"view weights must be >= 0 and not all 0, got {dict(zip(VIEW_KINDS, weights))}")
         if not isinstance(self.names_per_record, int) or self.names_per_record < 1:
             raise ViewError(f"names_per_record must be an integer >= 1, got {self.names_per_record!r}")
+        if self.paraphrases is not None:
+            load_paraphrases(self.paraphrases)  # a missing or malformed file fails when the config is loaded
 
     def weights(self) -> dict[str, float]:
         return {k: float(getattr(self, k)) for k in VIEW_KINDS}
@@ -96,6 +102,19 @@ def hierarchy_displays() -> dict[str, dict[str, str]]:
                 out[level][code] = cls.display
             out[level][cls.id] = cls.display
     return out
+
+
+def load_paraphrases(path: str | Path) -> dict[str, tuple[str, ...]]:
+    """The paraphrase table ``python -m cqa paraphrases`` writes, checked: entry id -> its texts."""
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ViewError(f"views.paraphrases: cannot read {path}: {error}") from error
+    if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(t, str) and t.strip() for t in v)
+            for k, v in table.items()):
+        raise ViewError(f"views.paraphrases: {path} must map finding ids to lists of non-empty texts")
+    return {k: tuple(t.strip() for t in v) for k, v in table.items()}
 
 
 @lru_cache(maxsize=1)
@@ -179,6 +198,11 @@ class ViewGenerator:
     settings: ViewSettings = field(default_factory=ViewSettings)
     seed: int = 0
     templates: tuple[str, ...] = field(default_factory=view_templates)
+    paraphrases: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.settings.paraphrases is not None and not self.paraphrases:
+            self.paraphrases = load_paraphrases(self.settings.paraphrases)
 
     def views(self, record: RecordText) -> dict[str, list[str]]:
         """Kind -> texts for one record (kinds without material, e.g. no findings, are empty)."""
@@ -187,8 +211,9 @@ class ViewGenerator:
         out["caption"] = [record.caption] if record.caption else []
         if record.findings:
             out["findings"] = list(dict.fromkeys(_findings_line(record, rng) for _ in range(2)))
-            out["finding"] = [f"{f.names[0][:1].upper()}{f.names[0][1:]} — {f.description}"
-                              for f in record.findings if f.description]
+            out["finding"] = list(dict.fromkeys(
+                f"{f.names[0][:1].upper()}{f.names[0][1:]} — {text}" for f in record.findings
+                for text in (f.description, *self.paraphrases.get(f.id, ())) if text))
             out["names"] = list(dict.fromkeys(_names_view(record, rng, self.templates)
                                               for _ in range(self.settings.names_per_record)))
         return {k: v for k, v in out.items() if self.settings.weights()[k] > 0}

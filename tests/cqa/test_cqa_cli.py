@@ -162,3 +162,25 @@ def test_caption_every_dataset_grounded(dataset: str, tmp_path: Path, cinc_root:
     for row in recognised:
         assert "Findings: " in row["caption"] and "Waveform: " in row["caption"]
         assert row["label_text"]
+
+
+def test_paraphrases_cli_writes_validated_texts_per_finding(tmp_path: Path, ptbxl_root: Path,
+                                                             knowledge_store_dir: Path, fake_openai_server) -> None:  # type: ignore[no-untyped-def]
+    """`cqa paraphrases` describes the findings of a caption folder through the validated LLM path."""
+    from cqa.__main__ import main
+    from cqa.batch import read_output
+
+    host, port = fake_openai_server.server_address
+    llm = ["--llm", f"openai:http://{host}:{port}/v1#tiny", "--store", str(knowledge_store_dir),
+           "--cache", str(tmp_path / "cache.sqlite")]
+    captions = tmp_path / "captions"
+    assert main(["caption", "--dataset", "ptbxl", "--root", str(ptbxl_root), "--out", str(captions), "--limit", "8",
+                 "--no-progress", *llm]) == 0
+    out = tmp_path / "paraphrases.json"
+    assert main(["paraphrases", "--captions", str(captions), "--out", str(out), "--n", "2", *llm]) == 0
+    table = json.loads(out.read_text(encoding="utf-8"))
+    finding_ids = {f["id"] for row in read_output(captions).column("findings").to_pylist() for f in json.loads(row)}
+    assert table and set(table) <= finding_ids
+    assert all(texts and len(set(texts)) == len(texts) and all(t.strip() for t in texts) for texts in table.values())
+    assert main(["paraphrases", "--captions", str(captions), "--out", str(out), "--llm", "none",
+                 "--store", str(knowledge_store_dir)]) == 2

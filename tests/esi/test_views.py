@@ -102,3 +102,24 @@ def test_expand_query_uses_the_models_label_hierarchy() -> None:
     assert expand_query("wide QRS with M-shaped complex in V1", prior) == (["wide QRS with M-shaped complex in V1"],
                                                                            [1.0])
     assert np.isclose(sum(expand_query("LBBB", {})[1]), 1.0)
+
+
+def test_paraphrase_table_adds_finding_views(esi_cqa_captions, tmp_path) -> None:
+    """A `cqa paraphrases` table joins the ``finding`` views of exactly the records with that finding."""
+    plain = _table(esi_cqa_captions)
+    record_id, views = next((r, v) for r, v in plain.views.items() if v.get("finding"))
+    entry_id = plain.records[record_id].findings[0].id
+    path = tmp_path / "paraphrases.json"
+    path.write_text(json.dumps({entry_id: ["A reworded description of its features."]}), encoding="utf-8")
+    with_para = _table(esi_cqa_captions, paraphrases=str(path))
+    added = [v for v in with_para.views[record_id]["finding"] if v not in views["finding"]]
+    assert len(added) == 1 and added[0].endswith("— A reworded description of its features.")
+    others = [r for r, t in plain.records.items() if r in plain.views and entry_id not in {f.id for f in t.findings}]
+    assert others and all(with_para.views[r] == plain.views[r] for r in others)
+
+    for bad, reason in (("{not json", "cannot read"), (json.dumps({entry_id: "one text"}), "lists of non-empty")):
+        path.write_text(bad, encoding="utf-8")
+        with pytest.raises(ViewError, match=reason):
+            ViewSettings(paraphrases=str(path))
+    with pytest.raises(ViewError, match="cannot read"):
+        ViewSettings(paraphrases=str(tmp_path / "missing.json"))
