@@ -91,18 +91,38 @@ def embeddings_name(embeddings: Embeddings) -> str:
     return str(name) if name else type(embeddings).__name__
 
 
+def idle_threads(cores: int | None = None, load: float | None = None) -> int:
+    """Threads a short query may use without oversubscribing: the cores the 1-minute load leaves free,
+    counting this process as one of the runnable tasks, at least 1.
+
+    Why: on an idle 2-core machine two threads embed a query faster (p50 18 ms vs 26 ms), on a busy one the
+    thread hand-off makes it several times slower (68 ms vs 27 ms at load 5, bench/results/retrieval.json).
+    """
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this platform: the safe choice
+            return 1
+    return max(1, min(cores, int(cores - load + 1.0)))
+
+
 @contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
+def torch_threads(count: int | str | None) -> Iterator[None]:
     """Run a block with ``count`` torch intra-op threads, then restore the previous setting.
 
-    Why: one short query is too small to split across threads; on a busy 2-core machine the thread
-    hand-off made a MiniLM query embedding ~10x slower (p50 244 ms vs 27 ms, bench/results/retrieval.json).
-    The setting is process-wide, so other torch work in the same process runs with it for that moment.
-    ``None`` leaves torch alone.
+    Why: one short query is too small to split across busy cores; on a loaded 2-core machine the thread
+    hand-off made a MiniLM query embedding several times slower (bench/results/retrieval.json). ``"auto"``
+    takes :func:`idle_threads` at that moment. The setting is process-wide, so other torch work in the same
+    process runs with it for that moment. ``None`` leaves torch alone.
     """
     if count is None:
         yield
         return
+    if count == "auto":
+        count = idle_threads()
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"torch threads must be a positive int, 'auto' or None, got {count!r}")
     import torch
 
     previous = torch.get_num_threads()

@@ -100,7 +100,7 @@ ADD_BATCH = 64
 DENSE_CANDIDATES = 50
 LEXICAL_CANDIDATES = 50
 PASSAGES_PER_FINDING = 2
-QUERY_TORCH_THREADS = 1  # single-query embedding runs single-threaded (see embeddings.torch_threads)
+QUERY_TORCH_THREADS = "auto"  # the cores the load leaves free, at least 1 (see embeddings.idle_threads)
 PROBE_TEXT = "probe: sinus rhythm with complete right bundle branch block"
 PROBE_MIN_COSINE = 0.98
 FILTER_KEYS = ("entry", "name", "category", "section", "source", "page", "code")
@@ -545,7 +545,7 @@ class KnowledgeStore:
         self.build_report: BuildReport | None = None
         self._index: _Index | None = None
         self.ranking = RankingParams()  # e.g. RankingParams(weights={"dense": 1.0}) -> dense-only (ablations)
-        self.query_threads: int | None = QUERY_TORCH_THREADS  # None -> leave torch's thread count alone
+        self.query_threads: int | str | None = QUERY_TORCH_THREADS  # None -> leave torch's thread count alone
         self.vectorstore = Chroma(
             collection_name=location.collection, embedding_function=embeddings, client=location.client,
             collection_configuration={"hnsw": {"space": "cosine"}},

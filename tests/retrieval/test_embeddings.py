@@ -5,7 +5,7 @@ import math
 import pytest
 
 from retrieval import EmbeddingModelError, load_embeddings
-from retrieval.embeddings import DEFAULT_MODEL_NAME, embeddings_name
+from retrieval.embeddings import DEFAULT_MODEL_NAME, embeddings_name, torch_threads
 
 
 def test_default_model_is_minilm_normalised_and_cached(minilm):
@@ -47,3 +47,17 @@ def test_torch_threads_is_scoped():
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_idle_threads_leave_busy_cores_alone() -> None:
+    """``auto`` query threads: the cores the load leaves free (this process counted), never below one."""
+    from retrieval.embeddings import idle_threads
+
+    assert idle_threads(cores=2, load=0.1) == 2  # idle machine: both cores
+    assert idle_threads(cores=2, load=1.0) == 2  # only this process runs
+    assert idle_threads(cores=2, load=2.0) == 1  # something else holds a core
+    assert idle_threads(cores=2, load=9.0) == 1
+    assert idle_threads(cores=16, load=4.0) == 13
+    with pytest.raises(ValueError, match="positive int"):
+        with torch_threads(0):
+            pass
