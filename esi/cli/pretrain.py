@@ -38,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Train; exit 2 on bad input (config, data, text model), 3 when the loss diverged."""
     from esi.model.config import ConfigError
+    from esi.model.device import DeviceError
     from esi.model.text_encoder import TextModelNotAvailable
     from esi.train.config import load_train_config
     from esi.train.data import DataError
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             no_contrastive_loss=args.no_contrastive_loss)
         final = pretrain(config, args.captions, args.data, args.out, resume=args.resume,
                          progress=not args.no_progress)
-    except (ConfigError, DataError, TextModelNotAvailable, FileExistsError, FileNotFoundError) as error:
+    except (ConfigError, DeviceError, DataError, TextModelNotAvailable, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:

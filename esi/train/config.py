@@ -70,7 +70,7 @@ class TrainConfig:
     # also at every epoch end and at a max_steps stop
     checkpoint_every_steps: int | None = field(default=None, metadata={"ge": 1})
     keep_checkpoints: int = field(default=2, metadata={"ge": 0})  # newest N kept; 0 keeps them all
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})  # cuda: one GPU per process
     # torch intra-op threads on CPU (None: torch's default)
     num_threads: int | None = field(default=None, metadata={"ge": 1})
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import distributed as dist
 
-from esi.train.config import TrainConfig
-
 
 @dataclass
 class DistEnv:
@@ -34,10 +32,9 @@ def init_distributed(device_kind: str) -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def pick_device(config: TrainConfig, env: DistEnv) -> torch.device:
-    kind = config.device
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
+def pick_device(kind: str, env: DistEnv) -> torch.device:
+    """This process's device for a resolved ``kind`` (``cpu``/``cuda``, esi.model.device.resolve_device):
+    under torchrun each process takes the GPU of its local rank."""
     if kind == "cuda":
         torch.cuda.set_device(env.local_rank)
         return torch.device("cuda", env.local_rank)

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from esi.model.config import ConfigError, to_dict
+from esi.model.device import resolve_device
 from esi.model.io import atomic_write_json, atomic_write_text
 from esi.model.loss import ESILoss
 from esi.model.model import ESIConfig, ESIModel
@@ -162,11 +163,11 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
              resume: bool = False, progress: bool = True) -> Path:
     """Train; returns the ``final/`` model directory (written on completion or a max_steps stop)."""
     run_dir = Path(run_dir)
-    device_kind = "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    device_kind = resolve_device(config.device, "device")  # cuda without CUDA: a DeviceError before any work
     env = init_distributed(device_kind)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    device = pick_device(config, env)
+    device = pick_device(device_kind, env)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     model_config = model_config_for_data(config, data_path)
     resolved = _resolved(config, model_config, str(captions_path), str(data_path))

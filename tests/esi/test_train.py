@@ -195,3 +195,17 @@ def test_label_aware_loss_without_finding_column_trains_plain(esi_pairs, esi_tes
         assert main(["pretrain", "--config", config, "--captions", str(captions), "--data", str(signals),
                      "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert "finding_codes" in caplog.text and "one-hot" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA on a machine without it")
+def test_cuda_without_cuda_and_an_unknown_device_are_one_line_errors(esi_pairs, esi_test_model, tmp_path,
+                                                                      capsys) -> None:
+    signals, captions = esi_pairs
+    common = ["pretrain", "--config", _config_file(tmp_path, esi_test_model), "--captions", str(captions),
+              "--data", str(signals), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(common + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "device cuda: CUDA is not available" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+    assert main(common + ["--device", "gpu"]) == 2
+    assert "device" in capsys.readouterr().err
