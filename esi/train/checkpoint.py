@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
+from torch.optim.swa_utils import AveragedModel
 
 from esi.model.io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from esi.model.model import ESIModel
@@ -29,8 +31,11 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     return state
 
 
+EMA_FILE = "ema.safetensors"  # the weight average's trainable parameters and its update count
+
+
 def save_checkpoint(run_dir: Path, model: ESIModel, optimizer, scheduler, step: int, epoch: int,
-                    device: torch.device, keep: int) -> Path:
+                    device: torch.device, keep: int, ema: AveragedModel | None = None) -> Path:
     """Write ``checkpoints/step_N`` via a temp dir + rename, then point ``latest.json`` at it."""
     folder = run_dir / "checkpoints"
     name = f"step_{step:08d}"
@@ -39,6 +44,8 @@ def save_checkpoint(run_dir: Path, model: ESIModel, optimizer, scheduler, step: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     atomic_save_safetensors(tmp / "model.safetensors", model.state_for_saving())
+    if ema is not None:
+        atomic_save_safetensors(tmp / EMA_FILE, _ema_state(ema))
     model.caption_tokenizer.save(tmp / "caption_vocab.json")
     atomic_torch_save(tmp / "train_state.pt", {
         "step": step, "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -52,6 +59,28 @@ def save_checkpoint(run_dir: Path, model: ESIModel, optimizer, scheduler, step: 
     for old in kept[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _ema_state(ema: AveragedModel) -> dict[str, torch.Tensor]:
+    """Only the trained parameters move away from the model's own; the frozen tower is not stored twice."""
+    state = {name: p.detach().contiguous() for name, p in ema.module.named_parameters() if p.requires_grad}
+    state["n_averaged"] = ema.n_averaged.detach().cpu().reshape(1)
+    return state
+
+
+def load_ema(checkpoint: Path, ema: AveragedModel, device: torch.device) -> None:
+    """Restore a weight average saved by :func:`save_checkpoint` (resume continues it exactly)."""
+    path = checkpoint / EMA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the run was started without ema_decay, so it cannot resume "
+                                "with it; start a new run or drop ema_decay")
+    state = load_file(str(path), device=str(device))
+    ema.n_averaged.fill_(int(state.pop("n_averaged").item()))
+    trained = {name for name, p in ema.module.named_parameters() if p.requires_grad}
+    if set(state) != trained:
+        raise ValueError(f"{path} does not match the model's trained parameters "
+                         f"(missing {sorted(trained - set(state))[:5]}, unexpected {sorted(set(state) - trained)[:5]})")
+    ema.module.load_state_dict(state, strict=False)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

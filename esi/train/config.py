@@ -47,6 +47,9 @@ class TrainConfig:
     lr_decay_every_epochs: float | None = field(default=None, metadata={"gt": 0.0})
     lr_decay_factor: float = field(default=0.1, metadata={"gt": 0.0, "le": 1.0})
     grad_clip: float | None = field(default=None, metadata={"gt": 0.0})  # max gradient norm; None: no clipping
+    # exponential moving average of the weights, updated after every optimizer step with this decay
+    # (torch.optim.swa_utils); validation, best/ and final/ use the average. None: the raw weights, as the paper
+    ema_decay: float | None = field(default=None, metadata={"gt": 0.0, "lt": 1.0})
     seed: int = 0
     train_folds: list[int] | None = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
     val_folds: list[int] = field(default_factory=lambda: [9])

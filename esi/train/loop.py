@@ -30,6 +30,7 @@ import torch
 import yaml
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from esi.model.config import ConfigError, to_dict
@@ -39,7 +40,7 @@ from esi.model.loss import ESILoss
 from esi.model.model import ESIConfig, ESIModel
 from esi.model.text_encoder import load_text_backbone
 from esi.model.tokenizer import CaptionTokenizer
-from esi.train.checkpoint import SELECTION_FILE, latest_checkpoint, save_checkpoint, save_model
+from esi.train.checkpoint import SELECTION_FILE, latest_checkpoint, load_ema, save_checkpoint, save_model
 from esi.train.config import TrainConfig, model_config_for_data
 from esi.train.data import (
     Batch,
@@ -226,6 +227,13 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
     torch.manual_seed(config.seed * 1000 + env.rank)  # drop-path draws differ per rank
     if checkpoint is not None:
         model.load_weights(checkpoint / "model.safetensors", device)
+    ema = None
+    if config.ema_decay is not None:  # a copy that trails the weights; what validation and the saved models use
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+        if checkpoint is not None:
+            load_ema(checkpoint, ema, device)
+    scored = ema.module if ema is not None else model
+    if checkpoint is not None:
         state = torch.load(checkpoint / "train_state.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -286,6 +294,8 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             bar.update(1)
             if env.is_main and (step % config.log_every_steps == 0 or step == stop_at):
@@ -302,18 +312,21 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
             epoch_end = step % steps_per_epoch == 0
             periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
             if env.is_main and (epoch_end or periodic or step == stop_at):
-                save_checkpoint(run_dir, model, optimizer, scheduler, step, epoch, device, config.keep_checkpoints)
+                save_checkpoint(run_dir, model, optimizer, scheduler, step, epoch, device, config.keep_checkpoints,
+                                ema)
             if epoch_end and val_source is not None and (epoch + 1) % config.val_every_epochs == 0:
-                metrics = validate(model, val_source, config, device, use_bf16)
+                metrics = validate(scored, val_source, config, device, use_bf16)
                 if monitor is not None:
-                    model.eval()
-                    metrics.update(monitor(model, val_source.signals, getattr(train_source, "signals", None), device))
-                    model.train()
+                    scored.eval()
+                    metrics.update(monitor(scored, val_source.signals, getattr(train_source, "signals", None),
+                                           device))
+                    scored.train()
                     auc = metrics["val_zeroshot_superclass_auc"]
                     if math.isfinite(auc) and auc > best_auc:  # keep the best zero-shot checkpoint beside the last
                         best_auc = auc
-                        save_model(model, run_dir / "best", prior, {"selected": "best val zero-shot superclass AUC",
-                                                                     "step": step, "epoch": epoch, **metrics})
+                        save_model(scored, run_dir / "best", prior, {"selected": "best val zero-shot superclass AUC",
+                                                                      "step": step, "epoch": epoch, **metrics,
+                                                                      **_weights(config)})
                 _append_metrics(metrics_path, {"event": "val", "step": step, "epoch": epoch, **metrics})
             if env.world_size > 1 and (epoch_end or step == stop_at):
                 dist.barrier()
@@ -322,14 +335,19 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
     bar.close()
     final = run_dir / "final"
     if env.is_main:
-        save_model(model, final, prior, {"selected": "last step", "step": step})
+        save_model(scored, final, prior, {"selected": "last step", "step": step, **_weights(config)})
         best = run_dir / "best" / SELECTION_FILE
         _append_metrics(metrics_path, {
-            "event": "end", "step": step, "completed": step >= total_steps, "final": "last step",
+            "event": "end", "step": step, "completed": step >= total_steps, "final": "last step", **_weights(config),
             "best": json.loads(best.read_text(encoding="utf-8")) if best.is_file() else None})
     if env.world_size > 1:
         dist.barrier()
     return final
+
+
+def _weights(config: TrainConfig) -> dict[str, Any]:
+    """Which weights a saved model holds: the raw ones, or their moving average (``ema_decay``)."""
+    return {"weights": "raw" if config.ema_decay is None else f"ema (decay {config.ema_decay})"}
 
 
 def _check_finite(loss: torch.Tensor, step: int, env: DistEnv, run_dir: Path) -> None:

@@ -197,6 +197,50 @@ def test_label_aware_loss_without_finding_column_trains_plain(esi_pairs, esi_tes
     assert "finding_codes" in caplog.text and "one-hot" in caplog.text
 
 
+def test_ema_weights_are_the_average_of_the_raw_steps_and_resume_exactly(esi_pairs, esi_cqa_captions, esi_test_model,
+                                                                         tmp_path) -> None:
+    """``ema_decay``: final/ holds the moving average of the per-step raw weights (recomputed here from a
+    checkpoint kept at every step), says so, and a cut-and-resumed run continues the average bit for bit."""
+    signals, _ = esi_pairs
+    captions = esi_cqa_captions  # with finding codes, so validation scores zero-shot and keeps best/
+    decay = 0.8
+    config = _config_file(tmp_path, esi_test_model, ema_decay=decay, checkpoint_every_steps=1, keep_checkpoints=0)
+    common = ["pretrain", "--config", config, "--captions", str(captions), "--data", str(signals), "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "full")]) == 0
+
+    steps = sorted((tmp_path / "full" / "checkpoints").glob("step_*"))
+    assert len(steps) == 12
+    average: dict[str, torch.Tensor] = {}
+    for checkpoint in steps:  # what torch.optim.swa_utils' EMA does: start at step 1, then lerp by 1 - decay
+        raw = load_file(str(checkpoint / "model.safetensors"))
+        average = dict(raw) if not average else {k: average[k] + (1 - decay) * (raw[k] - average[k]) for k in raw}
+    final = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    last_raw = load_file(str(steps[-1] / "model.safetensors"))
+    moved = [k for k in final if not torch.equal(final[k], last_raw[k])]
+    assert any(k.startswith("ecg_encoder.") for k in moved)  # the average is not the last step's weights
+    for name, value in final.items():
+        assert torch.allclose(value, average[name], atol=1e-6), name
+    selection = json.loads((tmp_path / "full" / "final" / "checkpoint.json").read_text())
+    assert selection["weights"] == f"ema (decay {decay})"
+    best = json.loads((tmp_path / "full" / "best" / "checkpoint.json").read_text())
+    assert best["weights"] == selection["weights"]
+
+    assert main(common + ["--out", str(tmp_path / "cut"), "--max-steps", "7"]) == 0
+    assert main(common + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    resumed = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    for name in final:
+        assert torch.equal(final[name], resumed[name]), name
+
+
+def test_resume_refuses_to_switch_the_weight_average_on(esi_pairs, esi_test_model, tmp_path, capsys) -> None:
+    signals, captions = esi_pairs
+    common = ["pretrain", "--captions", str(captions), "--data", str(signals), "--no-progress",
+              "--out", str(tmp_path / "run")]
+    assert main(common + ["--config", _config_file(tmp_path, esi_test_model), "--max-steps", "3"]) == 0
+    assert main(common + ["--config", _config_file(tmp_path, esi_test_model, ema_decay=0.9), "--resume"]) == 2
+    assert "ema_decay" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA on a machine without it")
 def test_cuda_without_cuda_and_an_unknown_device_are_one_line_errors(esi_pairs, esi_test_model, tmp_path,
                                                                       capsys) -> None:
