@@ -55,6 +55,19 @@ def write_pairs(records: Iterable, signals_path: str | Path, captions_path: str 
 
 
 @pytest.fixture(scope="session")
+def short_captions() -> list[str]:
+    """Six short, distinct report lines: the caption vocabulary and targets of the model and decoding tests."""
+    return [
+        "sinus rhythm with normal axis.",
+        "atrial fibrillation with rapid ventricular response.",
+        "left bundle branch block.",
+        "sinus bradycardia, otherwise normal ecg.",
+        "inferior myocardial infarction, age undetermined.",
+        "first degree av block.",
+    ]
+
+
+@pytest.fixture(scope="session")
 def esi_pairs(ptbxl_root: Path, tmp_path_factory) -> tuple[Path, Path]:
     """(signals.parquet, captions.parquet) for 60 real PTB-XL records (folds 1-9, 100 Hz)."""
     from corpora.ptbxl import PTBXLReader

