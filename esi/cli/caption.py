@@ -8,10 +8,11 @@ import warnings
 from esi.cli.common import RECORD_HELP, add_sampling_rate, guarded, prepare_record, print_json, print_notes
 
 NAME = "caption"
+HELP = "draft a caption for one ECG with the model's decoder"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(NAME, help="draft a caption for one ECG with the model's decoder")
+    p = subparsers.add_parser(NAME, help=HELP)
     p.add_argument("--model", required=True)
     p.add_argument("--record", required=True, help=RECORD_HELP)
     add_sampling_rate(p)

@@ -1,10 +1,10 @@
 """What the ``python -m esi`` commands share: the command protocol, error handling, options and helpers.
 
-A command is a module with ``NAME`` and ``add_parser(subparsers)``; the parser it returns sets the
-defaults ``_run`` (args -> exit code) and ``_name``. :func:`build_parser` and :func:`run_main` turn any
-tuple of such modules into a CLI: :mod:`esi.cli.main` with every command, the main job
-(:mod:`esi.pipeline`) with the few it runs. Heavy imports happen inside the run functions so
-``--help`` stays fast. Exit codes: 0 ok, 2 bad input (message on stderr, naming the file/record/option).
+A command is a module with ``NAME``, ``HELP`` (its line in ``--help``) and ``add_parser(subparsers)``;
+the parser it returns sets the defaults ``_run`` (args -> exit code) and ``_name``. :func:`build_parser`
+and :func:`run_main` turn any tuple of such modules into a CLI: :mod:`esi.cli.main` with every command,
+the main job (:mod:`esi.pipeline`) with the few it runs. Heavy imports happen inside the run functions,
+and :func:`run_main` builds only the chosen command's options, so ``--help`` stays fast. Exit codes: 0 ok, 2 bad input (message on stderr, naming the file/record/option).
 """
 
 from __future__ import annotations
@@ -28,19 +28,26 @@ RECORD_HELP = ("ECG file: WFDB record (path without extension, or .hea), CinC .h
 
 
 class Command(Protocol):
-    """A command module: its name and the function that adds its subparser (which sets ``_run``)."""
+    """A command module: its name, its help line and the function that adds its subparser (which sets
+    ``_run``)."""
 
     NAME: str
+    HELP: str
 
     def add_parser(self, subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser: ...
 
 
-def build_parser(commands: Sequence[Command], description: str = "ECG Semantic Integrator") -> argparse.ArgumentParser:
-    """``python -m esi`` with the given commands, in order."""
+def build_parser(commands: Sequence[Command], description: str = "ECG Semantic Integrator",
+                 only: str | None = None) -> argparse.ArgumentParser:
+    """``python -m esi`` with the given commands, in order. With ``only``, the other commands get just their
+    name and help line: building a command's options can import its stack (``eval`` lists its tasks)."""
     parser = argparse.ArgumentParser(prog="python -m esi", description=description)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in commands:
-        command.add_parser(subparsers)
+        if only is None or command.NAME == only:
+            command.add_parser(subparsers)
+        else:
+            subparsers.add_parser(command.NAME, help=command.HELP)
     return parser
 
 
@@ -48,7 +55,9 @@ def run_main(commands: Sequence[Command], argv: list[str] | None = None) -> int:
     """Parse ``argv`` against ``commands`` and run the chosen one (offline hub, INFO logging)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser(commands).parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    chosen = next((w for w in words if not w.startswith("-")), "")  # the command comes first: no global options
+    args = build_parser(commands, only=chosen).parse_args(argv)
     return args._run(args)
 
 

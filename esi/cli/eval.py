@@ -9,6 +9,7 @@ from pathlib import Path
 from esi.cli.common import add_class_text_options, guarded, parse_folds
 
 NAME = "eval"
+HELP = "evaluation suite on PTB-XL: zero-shot, linear probe, fine-tune, patient id, retrieval"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -16,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from esi.model.device import DEVICES
 
     p = subparsers.add_parser(
-        NAME, help="evaluation suite on PTB-XL: zero-shot, linear probe, fine-tune, patient id, retrieval",
+        NAME, help=HELP,
         description="Writes OUT/results.json and OUT/results.md (one column per model). Each finished "
                     "(model, task) is saved under OUT/partial/ and reused on a rerun unless --force.")
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",

@@ -7,10 +7,11 @@ import argparse
 from esi.cli.common import add_store_options, guarded, location, metadata, parse_folds, reader
 
 NAME = "index-ecgs"
+HELP = "embed a dataset's ECGs into a Chroma collection (resumable)"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(NAME, help="embed a dataset's ECGs into a Chroma collection (resumable)")
+    p = subparsers.add_parser(NAME, help=HELP)
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", required=True, help="reader name: ptbxl, cinc, cpsc2018, mimic")
     p.add_argument("--root", required=True)

@@ -7,11 +7,12 @@ import os
 import sys
 
 NAME = "pretrain"
+HELP = "pretrain an ESI model (contrastive + captioning); torchrun for multi-GPU"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        NAME, help="pretrain an ESI model (contrastive + captioning); torchrun for multi-GPU",
+        NAME, help=HELP,
         description="Pretrain ESI on signals (corpora export Parquet) joined with captions (CQA Parquet). "
                     "Multi-GPU: torchrun --nproc_per_node=N -m esi pretrain ...")
     parser.add_argument("--config", required=True,

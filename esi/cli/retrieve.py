@@ -17,10 +17,11 @@ from esi.cli.common import (
 )
 
 NAME = "retrieve"
+HELP = "the texts (knowledge passages or captions) closest to one ECG"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(NAME, help="the texts (knowledge passages or captions) closest to one ECG")
+    p = subparsers.add_parser(NAME, help=HELP)
     p.add_argument("--model", required=True)
     p.add_argument("--record", required=True, help=RECORD_HELP)
     add_sampling_rate(p)

@@ -8,11 +8,12 @@ from pathlib import Path
 from esi import pipeline
 
 NAME = "run"
+HELP = "the main job: knowledge store -> CQA captions -> pretraining -> evaluation -> search"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        NAME, help="the main job: knowledge store -> CQA captions -> pretraining -> evaluation -> search",
+        NAME, help=HELP,
         description=pipeline.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/default", help="where every artefact goes")
     parser.add_argument("--data", default=None, help="shared data root (default: $ESI_SHARED_DATA or ../shared/data)")

@@ -7,10 +7,11 @@ import argparse
 from esi.cli.common import add_store_options, guarded, location, print_json
 
 NAME = "search"
+HELP = "find the ECGs of a collection that best match a text query"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(NAME, help="find the ECGs of a collection that best match a text query")
+    p = subparsers.add_parser(NAME, help=HELP)
     p.add_argument("--model", required=True)
     p.add_argument("--collection", required=True)
     add_store_options(p)

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 
-from esi.serve.api.app import (
+from esi.serve.api.limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_UPLOAD_SECONDS,
@@ -22,11 +22,12 @@ from esi.serve.api.app import (
 log = logging.getLogger(__name__)
 
 NAME = "serve"
+HELP = "serve the ESI HTTP API and search page (FastAPI + uvicorn)"
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        NAME, help="serve the ESI HTTP API and search page (FastAPI + uvicorn)",
+        NAME, help=HELP,
         description="Serve zero-shot classification, ECG<->text retrieval, captioning, CQA explain and record "
                     "plots over HTTP, with a search page at / and OpenAPI docs at /docs.")
     parser.add_argument("--model", required=True, help="ESI model directory (config.json + model.safetensors)")

@@ -7,11 +7,12 @@ import argparse
 from esi.cli.common import add_class_text_options, guarded, metadata, parse_folds, print_json, reader
 
 NAME = "zeroshot"
+HELP = "zero-shot classification of a dataset with a label set; AUC and F1"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        NAME, help="zero-shot classification of a dataset with a label set; AUC and F1",
+        NAME, help=HELP,
         description="Score every record against the label set's class prompts. AUC on --folds; F1 with "
                     "per-class thresholds chosen on --threshold-folds (default: the other folds present).")
     p.add_argument("--model", required=True, help="ESI model directory (save_pretrained output)")

@@ -217,7 +217,7 @@ def _serve_args(*extra: str) -> argparse.Namespace:
 
 def test_serve_pool_flags_default_to_the_app_defaults():
     from esi.cli.serve import check_serve_args
-    from esi.serve.api.app import DEFAULT_MAX_QUEUE, DEFAULT_WORKERS
+    from esi.serve.api.limits import DEFAULT_MAX_QUEUE, DEFAULT_WORKERS
 
     args = _serve_args()
     assert (args.workers, args.max_queue) == (DEFAULT_WORKERS, DEFAULT_MAX_QUEUE)

@@ -57,6 +57,10 @@ from starlette.formparsers import MultiPartException
 from esi.serve.api import schemas
 from esi.serve.api.backend import Backend, BackendError
 from esi.serve.api.limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_UPLOAD_SECONDS,
+    DEFAULT_WORKERS,
     BodySizeLimitMiddleware,
     FiniteJSONMiddleware,
     NonFiniteJSONError,
@@ -69,13 +73,9 @@ from esi.serve.plotting import MEDIA_TYPES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_UPLOAD_SECONDS = 120.0
 MAX_FILES = 8
 MAX_QUERY_CHARS = 1000
 MAX_K = 50
-DEFAULT_WORKERS = 2  # model calls are serialised by the backend's lock; a second thread overlaps parsing/plots
-DEFAULT_MAX_QUEUE = 32
 HEALTH_TIMEOUT_S = 1.0
 # Documented error answers ({"detail": ...}) of the endpoints that take an ECG or run the model.
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -30,6 +30,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 T = TypeVar("T")
 
+# The server's defaults, here rather than in app.py so that ``esi --help`` does not import FastAPI and the model stack.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_SECONDS = 120.0
+DEFAULT_WORKERS = 2  # model calls are serialised by the backend's lock; a second thread overlaps parsing/plots
+DEFAULT_MAX_QUEUE = 32
+
 
 class BodySizeLimitMiddleware:
     """Reject request bodies larger than ``max_bytes`` with a JSON 413."""
