@@ -64,12 +64,22 @@ def score_run(run: Path, data, texts) -> dict:
                         "macro_auc": r["macro_auc"], "per_class_auc": r["per_class_auc"]}
                     for name, ref in r.get("references", {}).items():
                         out["references"][f"{labelset}|{name}|{half}"] = ref["macro_auc"]
-    for query_text in ("raw", "views"):
-        r = query_evaluation(inference, data, folds=halves["all"], query_text=query_text, model_key=key)
-        out["query"][query_text] = r
+    out["query"] = score_queries(inference, data, key)
     probe = probe_evaluation(inference, data, "superclass", train_folds=TRAIN_FOLDS, test_folds=halves["all"],
                              fractions=(1.0,), seeds=(0,), model_key=key)
     out["probe_superclass"] = next(iter(probe["fractions"].values()))["macro_auc"]
+    return out
+
+
+def score_queries(inference: ESIInference, data, key: str) -> dict:
+    """Query precision for each query text: ``raw`` / ``views`` on the whole fold, ``raw|A`` ... per half."""
+    out: dict = {}
+    for query_text in ("raw", "views"):
+        out[query_text] = query_evaluation(inference, data, folds=list(HALF_FOLDS.values()), query_text=query_text,
+                                           model_key=key)
+        for half, fold in HALF_FOLDS.items():
+            out[f"{query_text}|{half}"] = query_evaluation(inference, data, folds=[fold], query_text=query_text,
+                                                           model_key=key)
     return out
 
 
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, type=Path, help="PTB-XL root (ptbxl-mini)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--refresh-queries", action="store_true",
+                        help="re-score only the queries (per half too) of runs already in --out")
     args = parser.parse_args(argv)
     results = json.loads(args.out.read_text()) if args.out.is_file() and not args.force else {}
     runs = [r for r in args.runs if (r / "final" / "config.json").is_file()]
@@ -90,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     split_fold(data, TEST_FOLD)
     texts = caption_texts(data, "cqa", args.captions)
     for run in runs:
+        if str(run) in results and args.refresh_queries:
+            results[str(run)]["query"] = score_queries(ESIInference(run / "final"), data, str(run))
+            args.out.write_text(to_json(results))
+            print(f"re-scored the queries of {run}", flush=True)
+            continue
         if str(run) in results:
             continue
         ensure_prior(run / "final", args.captions)
