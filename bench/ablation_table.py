@@ -34,10 +34,10 @@ def by_arm(results: dict) -> dict[str, list[dict]]:
     return arms
 
 
-def metrics(scores: dict, class_text: str, calibration: str, half: str = "all") -> dict[str, float]:
+def metrics(scores: dict, class_text: str, calibration: str, query_text: str, half: str = "all") -> dict[str, float]:
     zs = scores["zeroshot"]
     default = zs[f"superclass|{class_text}|{calibration}|{half}"]
-    query = scores["query"]["views"]
+    query = scores["query"][query_text]
     return {
         "zero-shot superclass AUC": default["macro_auc"],
         "lowest superclass AUC": min(default["per_class_auc"].values()),
@@ -56,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scores", type=Path)
     parser.add_argument("--class-text", default="views")
     parser.add_argument("--calibration", default="raw")
+    parser.add_argument("--query-text", default="views", choices=("views", "raw"))
     parser.add_argument("--grid-arm", default=None, help="arm whose class-text x calibration grid to print")
     args = parser.parse_args(argv)
     arms = by_arm(json.loads(args.scores.read_text(encoding="utf-8")))
     names = list(arms)
-    rows = {arm: [metrics(s, args.class_text, args.calibration) for s in runs] for arm, runs in arms.items()}
+    rows = {arm: [metrics(s, args.class_text, args.calibration, args.query_text) for s in runs]
+            for arm, runs in arms.items()}
     keys = list(next(iter(rows.values()))[0])
     print("| metric (fold 9) | " + " | ".join(f"{a} (n={len(arms[a])})" for a in names) + " |")
     print("|---|" + "---|" * len(names))
@@ -78,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
                     cells.append(_cell([s["zeroshot"][f"{labelset}|{class_text}|{calibration}|{half}"]["macro_auc"]
                                         for s in arms[grid_arm]]))
             print(f"| {class_text} | {calibration} | " + " | ".join(cells) + " |")
+    halved = [a for a in names if all("raw|A" in s["query"] for s in arms[a])]
+    if halved:
+        print("\nQuery text, mean precision@5 over the class queries, half A | half B:\n")
+        print("| arm | raw A | raw B | views A | views B |")
+        print("|---|---|---|---|---|")
+        for arm in halved:
+            cells = [_cell([s["query"][f"{q}|{h}"]["mean_precision@5"] for s in arms[arm]])
+                     for q in ("raw", "views") for h in ("A", "B")]
+            print(f"| {arm} (n={len(arms[arm])}) | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -146,6 +146,14 @@ def add_class_text_options(p: argparse.ArgumentParser) -> None:
                    help="per-ECG score calibration across the classes (default %(default)s)")
 
 
+def add_query_text_option(p: argparse.ArgumentParser) -> None:
+    from esi.zeroshot.classifier import DEFAULT_QUERY_TEXT, QUERY_TEXTS
+
+    p.add_argument("--query-text", choices=QUERY_TEXTS, default=DEFAULT_QUERY_TEXT,
+                   help="raw: embed a text query exactly as typed; views: expand a query naming a finding or class "
+                   "into the texts the model was trained on (default %(default)s)")
+
+
 def add_sampling_rate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampling-rate", type=float, metavar="HZ",
                    help="the record's sampling rate, for files that do not carry one (CSV without a time column, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from esi.cli.common import add_class_text_options, guarded, parse_folds
+from esi.cli.common import add_class_text_options, add_query_text_option, guarded, parse_folds
 
 NAME = "eval"
 HELP = "evaluation suite on PTB-XL: zero-shot, linear probe, fine-tune, patient id, retrieval"
@@ -36,8 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--templates", default="ecg")
     p.add_argument("--knowledge", action="store_true", help="zero-shot prompts with knowledge descriptions")
     add_class_text_options(p)
-    p.add_argument("--query-text", choices=("views", "raw"), default="views",
-                   help="how the query-by-text task embeds its class queries (see `esi search --help`)")
+    add_query_text_option(p)
     p.add_argument("--limit", type=int, help="at most N records per fold (quick checks only)")
     p.add_argument("--ptbxl-rate", type=int, choices=(100, 500),
                    help="read PTB-XL's records100 or records500 for every model (each resampled to its own "

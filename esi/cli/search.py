@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from esi.cli.common import add_store_options, guarded, location, print_json
+from esi.cli.common import add_query_text_option, add_store_options, guarded, location, print_json
 
 NAME = "search"
 HELP = "find the ECGs of a collection that best match a text query"
@@ -18,9 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--dataset", dest="where_dataset", help="only ECGs of this dataset")
     p.add_argument("--sex", dest="where_sex", choices=["male", "female"], help="only ECGs of this sex")
-    p.add_argument("--query-text", choices=("views", "raw"), default="views",
-                   help="views (default): a query naming a finding or class is expanded into the texts the "
-                   "model was trained on; raw: embed the query exactly as typed")
+    add_query_text_option(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("query", help="free text, e.g. 'atrial fibrillation with rapid ventricular response'")
     p.set_defaults(_run=guarded(run), _name=NAME)

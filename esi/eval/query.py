@@ -11,6 +11,7 @@ import numpy as np
 
 from esi.eval.data import EvalData, resolve_labelset
 from esi.serve.inference import ESIInference
+from esi.zeroshot.classifier import DEFAULT_QUERY_TEXT
 from esi.zeroshot.labelsets import LabelSet, labelsets_dir
 
 
@@ -25,7 +26,7 @@ def query_set(path: str | Path | None = None) -> list[dict[str, str]]:
 
 def query_evaluation(
     inference: ESIInference, data: EvalData, *, folds: Sequence[int] | None, ks: Sequence[int] = (5, 10),
-    query_text: str = "views", model_key: str = "", queries: Sequence[dict[str, str]] | None = None,
+    query_text: str = DEFAULT_QUERY_TEXT, model_key: str = "", queries: Sequence[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Text->ECG precision@k of class queries (the class display name, as a user types it) over the
     records of ``folds``; each query's chance rate (its class prevalence there) is reported beside it."""

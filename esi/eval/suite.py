@@ -26,7 +26,7 @@ from esi.eval.zeroshot import zeroshot_evaluation
 from esi.model.device import resolve_device
 from esi.model.io import atomic_write_text, to_json
 from esi.serve.inference import ESIInference
-from esi.zeroshot.classifier import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT
+from esi.zeroshot.classifier import DEFAULT_CALIBRATION, DEFAULT_CLASS_TEXT, DEFAULT_QUERY_TEXT
 
 ZEROSHOT_SETS = ("superclass", "subclass", "form", "rhythm")
 
@@ -137,7 +137,7 @@ class EvalOptions:
     knowledge: bool = False
     class_text: str = DEFAULT_CLASS_TEXT
     calibration: str = DEFAULT_CALIBRATION
-    query_text: str = "views"
+    query_text: str = DEFAULT_QUERY_TEXT
     limit: int | None = None
     ptbxl_rate: int | None = None  # records100/records500 for every model; None: nearest each model's rate
     force: bool = False

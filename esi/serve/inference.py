@@ -38,6 +38,7 @@ from corpora.base import STANDARD_LEADS, ECGRecord, RecordError, Skip, check_sig
 from corpora.formats import FILE_SUFFIXES, read_ecg_file
 from corpora.preprocess import Preprocess, model_input
 from esi.model.embed import embed_texts, to_numpy
+from esi.zeroshot.classifier import DEFAULT_QUERY_TEXT, QUERY_TEXTS
 
 
 class InputError(ValueError):
@@ -273,7 +274,6 @@ def load_model(model_dir: str | Path, device: str = "cpu"):
     return model.to(device).eval()
 
 
-QUERY_TEXTS = ("views", "raw")
 
 
 class ESIInference:
@@ -312,7 +312,7 @@ class ESIInference:
             raise InputError(f"{path}: label counts must be numbers")
         return document
 
-    def query_embedding(self, query: str, query_text: str = "views") -> np.ndarray:
+    def query_embedding(self, query: str, query_text: str = DEFAULT_QUERY_TEXT) -> np.ndarray:
         """(D,) unit embedding of a text query: as typed (``raw``) or expanded into the texts the model
         was trained on (``views``, :func:`esi.train.views.expand_query`)."""
         from esi.train.views import expand_query

@@ -28,6 +28,7 @@ import numpy as np
 
 from corpora.base import DatasetReader, ECGRecord, RecordError, Skip
 from esi.serve.inference import ESIInference, PreparedECG
+from esi.zeroshot.classifier import DEFAULT_QUERY_TEXT
 from retrieval.vectors import Hit, VectorCollection
 
 DEFAULT_STORE = ".esi-chroma"
@@ -167,11 +168,11 @@ class ECGIndex:
         return IndexReport(added, already, skipped, self.collection.count())
 
     def search(self, query: str, k: int = 5, where: Mapping[str, Any] | None = None,
-               query_text: str = "views") -> list[Hit]:
+               query_text: str = DEFAULT_QUERY_TEXT) -> list[Hit]:
         """The k ECGs whose embeddings are closest to the text query; [] for an empty collection.
 
-        ``query_text="views"`` expands a query that names a finding or class into the texts the model
-        trained on (:meth:`ESIInference.query_embedding`); ``raw`` embeds it as typed.
+        ``query_text="raw"`` (the default) embeds it as typed; ``views`` expands a query that names a finding or
+        class into the texts the model trained on (:meth:`ESIInference.query_embedding`).
         """
         if not isinstance(query, str) or not query.strip():
             raise SearchError("the search query is empty")

@@ -38,6 +38,11 @@ CLASS_TEXTS = ("templates", "knowledge", "views", "mean")
 CALIBRATIONS = ("raw", "centre", "zscore", "softmax")
 DEFAULT_CLASS_TEXT = "views"
 DEFAULT_CALIBRATION = "raw"
+# How a text query (search, the query-by-text task) is embedded: as typed, or expanded into the training views
+# that name its finding or class. raw is the default: on fold-9 half A it gave the higher precision@5 for 3 of 4
+# pretraining recipes, and half B confirmed it (esi/configs/README.md).
+QUERY_TEXTS = ("raw", "views")
+DEFAULT_QUERY_TEXT = "raw"
 
 
 def knowledge_descriptions(labelset: LabelSet, max_entries: int = 3) -> dict[str, list[str]]:

@@ -144,3 +144,17 @@ def test_display_temperature_is_the_models_clamped_scale(model_dir: Path, ptbxl_
             model.logit_scale.fill_(logit_scale)
         classifier = ZeroShotClassifier.build(model, labelset, class_text="templates")
         assert classifier.logit_scale == pytest.approx(expected, rel=1e-5)
+
+
+def test_text_queries_are_embedded_as_typed_by_default(model_dir: Path) -> None:
+    """raw is the default query text (it ranked better than the views expansion on held-out records) in the
+    library, ``esi search`` and ``esi eval`` alike."""
+    from esi.cli.main import build_parser
+    from esi.serve.inference import ESIInference
+
+    inference = ESIInference(model_dir)
+    typed = inference.embed_texts(["atrial fibrillation"])[0]
+    assert np.allclose(inference.query_embedding("atrial fibrillation"), typed / np.linalg.norm(typed), atol=1e-6)
+    parser = build_parser()
+    assert parser.parse_args(["search", "--model", "m", "--collection", "c", "q"]).query_text == "raw"
+    assert parser.parse_args(["eval", "--model", "m", "--root", "r", "--out", "o"]).query_text == "raw"
