@@ -260,6 +260,10 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
 
     total_steps = steps_per_epoch * config.epochs
     stop_at = min(total_steps, config.max_steps) if config.max_steps else total_steps
+    if config.ema_decay is not None and env.is_main and config.ema_decay ** stop_at > 0.05:
+        log.warning("ema_decay %s averages over ~%d steps but this run has %d: the saved weights still hold %.0f%% "
+                    "of the first step's; train longer or set ema_decay: null", config.ema_decay,
+                    round(1 / (1 - config.ema_decay)), stop_at, 100 * config.ema_decay ** stop_at)
     bar = tqdm(total=stop_at, initial=step, desc="pretrain", disable=not (progress and env.is_main))
     trainable = [p for p in model.parameters() if p.requires_grad]
     last_log = time.perf_counter()
