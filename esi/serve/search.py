@@ -54,6 +54,7 @@ def open_collection(
         metadata["esi_embed_dim"] = inference.embed_dim
     if model_dir is not None:
         metadata["esi_model"] = str(Path(model_dir).resolve())
+        metadata["esi_weights"] = weights_fingerprint(model_dir)
     collection = VectorCollection(location, name, create=create, metadata=metadata)
     stored = collection.metadata
     if stored.get("esi_kind") not in (None, kind):
@@ -64,12 +65,27 @@ def open_collection(
             f"collection {name!r} holds {dim}-d embeddings but the model produces {inference.embed_dim}-d ones; "
             "index it again with this model"
         )
-    if model_dir is not None and stored.get("esi_model") not in (None, metadata["esi_model"]):
+    if model_dir is not None and stored.get("esi_weights") not in (None, metadata["esi_weights"]):
+        raise SearchError(  # e.g. the model was retrained into the same directory: its old vectors would answer
+            f"collection {name!r} was indexed with other weights than {model_dir} now holds (weights "
+            f"{stored['esi_weights'][:12]}, model {metadata['esi_weights'][:12]}); index the ECGs again into a new "
+            "collection (or delete this one)")
+    if model_dir is not None and "esi_weights" not in stored and stored.get("esi_model") not in (
+            None, metadata["esi_model"]):
         warnings.warn(
             f"collection {name!r} was built with model {stored['esi_model']}, searching with {metadata['esi_model']}",
             stacklevel=2,
         )
     return collection
+
+
+def weights_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 of a model directory's weights file: a collection remembers which weights embedded it."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / "model.safetensors", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _encode_codes(codes: Iterable[str]) -> str:

@@ -83,6 +83,30 @@ def test_mismatched_collections_are_refused(inference: ESIInference, tmp_path: P
         open_collection(store, "x", kind="ecg")
 
 
+def test_a_collection_refuses_other_weights_of_the_same_model_dir(inference: ESIInference, model_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """Retraining into the same directory changes the weights: the old vectors must not answer silently."""
+    import shutil
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    model = shutil.copytree(model_dir, tmp_path / "model")
+    store = tmp_path / "store"
+    open_collection(store, "fold9", kind="ecg", inference=inference, model_dir=model)
+    moved = shutil.copytree(model, tmp_path / "same-weights-elsewhere")
+    with warnings.catch_warnings(record=True) as caught:  # the same weights under another path are fine, silently
+        warnings.simplefilter("always")
+        open_collection(store, "fold9", kind="ecg", inference=inference, model_dir=moved)
+    assert not [w for w in caught if "built with model" in str(w.message)]
+    weights = load_file(str(model / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1.0
+    save_file(weights, str(model / "model.safetensors"))
+    with pytest.raises(SearchError, match="indexed with other weights .* index the ECGs again"):
+        open_collection(store, "fold9", kind="ecg", inference=inference, model_dir=model)
+
+
 def test_knowledge_passages_retrieval(inference: ESIInference) -> None:
     items = knowledge_texts()
     index = TextIndex(inference, open_collection(ephemeral_client(), "esi-kb-test", kind="text",
