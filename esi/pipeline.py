@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from esi.model.io import atomic_write_text, format_number
 
 DEFAULT_QUERY = "wide QRS with M-shaped complex in V1"
 STEP_NAMES = ("store", "captions", "signals", "pretrain", "zeroshot", "index", "examples")
+SEARCH_COLLECTION = "ptbxl-fold9"  # the fold-9 ECGs the main job indexes for text->ECG search
 
 
 def default_data_root() -> Path:
@@ -103,7 +105,7 @@ class Pipeline:
                  _esi_main, self.path("zeroshot_superclass.json"), capture=self.path("zeroshot_superclass.json")),
             Step("index", "index fold 9 for text->ECG search",
                  ["index-ecgs", "--model", str(model), "--dataset", "ptbxl", "--root", str(self.ptbxl),
-                  "--collection", "ptbxl-fold9", "--store", str(self.path("search")), "--folds", "9"],
+                  "--collection", SEARCH_COLLECTION, "--store", str(self.path("search")), "--folds", "9"],
                  _esi_main, self.path("search")),
         ]
 
@@ -116,15 +118,33 @@ class Pipeline:
             return False
         return json.loads(marker.read_text(encoding="utf-8")).get("argv") == step.argv
 
-    def run_step(self, step: Step, number: int, total: int) -> None:
+    def _drop_search_collection(self) -> None:
+        """Through the client, not by deleting files: Chroma keeps an open store's collections in memory."""
+        from retrieval.vectors import VectorCollection, VectorCollectionError
+
+        if not self.path("search").exists():
+            return
+        try:
+            VectorCollection(str(self.path("search")), SEARCH_COLLECTION, create=False).drop()
+        except VectorCollectionError:  # never indexed: nothing to drop
+            pass
+
+    def run_step(self, step: Step, number: int, total: int, upstream_ran: bool = False) -> bool:
+        """Run ``step`` unless it is up to date; a step after one that ran always runs (its input changed).
+        Returns whether it ran."""
         print(f"\n[{number}/{total}] {step.title}", flush=True)
-        if self._up_to_date(step):
+        if not upstream_ran and self._up_to_date(step):
             print("    up to date, skipped")
             self.skipped.append(step.name)
-            return
+            return False
         argv = list(step.argv)
-        if step.name == "pretrain" and self.path("model", "checkpoints").exists():
+        afresh = upstream_ran or step.name in self.force  # else a step left unfinished continues where it stopped
+        if step.name == "pretrain" and afresh:  # new captions or signals, or asked for: the old run is stale
+            shutil.rmtree(self.path("model"), ignore_errors=True)
+        elif step.name == "pretrain" and self.path("model", "checkpoints").exists():
             argv.append("--resume")
+        if step.name == "index":  # the collection holds the previous model's vectors: build it afresh
+            self._drop_search_collection()
         print("    $ python -m {} {}".format(step.entry.__module__.split(".")[0], " ".join(argv)), flush=True)
         start = time.perf_counter()
         if step.capture is not None:
@@ -140,6 +160,7 @@ class Pipeline:
                              "(finished steps are skipped)")
         self.timings[step.name] = time.perf_counter() - start
         atomic_write_text(self._marker(step.name), json.dumps({"argv": step.argv, "seconds": self.timings[step.name]}))
+        return True
 
     def run(self) -> int:
         if not self.ptbxl.is_dir():
@@ -149,8 +170,9 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         steps = self.steps()
         total = len(steps) + 1
+        ran = False
         for number, step in enumerate(steps, start=1):
-            self.run_step(step, number, total)
+            ran = self.run_step(step, number, total, upstream_ran=ran) or ran
         print(f"\n[{total}/{total}] examples of each capability", flush=True)
         report = self.examples()
         atomic_write_text(self.path("report.md"), report)
@@ -188,7 +210,7 @@ class Pipeline:
         text_index.add_texts(texts)
         nearest_texts = text_index.retrieve(embedding, k=3)
 
-        collection = open_collection(str(self.path("search")), "ptbxl-fold9", kind="ecg", inference=inference,
+        collection = open_collection(str(self.path("search")), SEARCH_COLLECTION, kind="ecg", inference=inference,
                                      model_dir=str(model_dir), create=False)
         index = ECGIndex(inference, collection)
         hits = index.search(DEFAULT_QUERY, k=3)

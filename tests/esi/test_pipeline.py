@@ -40,6 +40,16 @@ def test_main_job_runs_every_step_then_skips_them(shared_data: Path, tmp_path: P
     second = capsys.readouterr().out
     assert second.count("up to date, skipped") == 6  # every step but the examples
 
+    # re-training reruns every step after it from scratch: no resume, a new index, a fresh zero-shot result
+    before = (run_dir / "zeroshot_superclass.json").stat().st_mtime_ns
+    assert main(argv + ["--force", "pretrain"]) == 0
+    third = capsys.readouterr().out
+    assert third.count("up to date, skipped") == 3  # store, captions, signals
+    events = [json.loads(line)["event"] for line in (run_dir / "model" / "metrics.jsonl").read_text().splitlines()]
+    assert "resume" not in events and events.count("end") == 1
+    assert (run_dir / "zeroshot_superclass.json").stat().st_mtime_ns > before
+    assert "158 ECGs added, 0 already indexed" in third  # the collection was rebuilt, not topped up
+
 
 def test_missing_data_root_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["run", "--run-dir", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere")]) == 2
