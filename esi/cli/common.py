@@ -4,7 +4,8 @@ A command is a module with ``NAME``, ``HELP`` (its line in ``--help``) and ``add
 the parser it returns sets the defaults ``_run`` (args -> exit code) and ``_name``. :func:`build_parser`
 and :func:`run_main` turn any tuple of such modules into a CLI: :mod:`esi.cli.main` with every command,
 the main job (:mod:`esi.pipeline`) with the few it runs. Heavy imports happen inside the run functions,
-and :func:`run_main` builds only the chosen command's options, so ``--help`` stays fast. Exit codes: 0 ok, 2 bad input (message on stderr, naming the file/record/option).
+and :func:`run_main` builds only the chosen command's options, so ``--help`` stays fast. Exit codes: 0 ok,
+2 bad input (message on stderr, naming the file/record/option).
 """
 
 from __future__ import annotations

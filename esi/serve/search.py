@@ -81,11 +81,8 @@ def open_collection(
 
 def weights_fingerprint(model_dir: str | Path) -> str:
     """SHA-256 of a model directory's weights file: a collection remembers which weights embedded it."""
-    digest = hashlib.sha256()
     with open(Path(model_dir) / "model.safetensors", "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _encode_codes(codes: Iterable[str]) -> str:
