@@ -18,7 +18,7 @@ import yaml
 from esi.model.config import ConfigError, deep_merge, from_dict, read_config_file
 from esi.model.factory import get_model_config
 from esi.model.model import ESIConfig
-from esi.train.data import export_preprocess, fold_selected, parquet_files
+from esi.train.data import SignalAugmentation, export_preprocess, fold_selected, parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class TrainConfig:
     no_caption_loss: bool = False
     no_contrastive_loss: bool = False
     augment: bool = True
+    # esi.train.data.SignalAugmentation fields (jitter, scaling, time_out); {}: the official ESI recipe
+    augmentation: dict[str, float] = field(default_factory=dict)
     # auto: bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
     precision: str = field(default="auto", metadata={"choices": ("auto", "bf16", "fp32")})
     # auto: in memory below 2 GiB of signal Parquet, else streaming; "memory"/"stream"
@@ -86,6 +88,11 @@ class TrainConfig:
             raise ValueError(f"data_mode must be auto/memory/stream, got {self.data_mode!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("batch_size, grad_accum and epochs must be >= 1")
+        unknown = sorted(set(self.augmentation) - set(SignalAugmentation.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"augmentation: unknown key(s) {unknown} (allowed: "
+                             f"{sorted(SignalAugmentation.__dataclass_fields__)})")
+        self.signal_augmentation()
         if self.views is not None:
             from esi.train.views import ViewError, ViewSettings
 
@@ -95,6 +102,9 @@ class TrainConfig:
                 raise ValueError(f"views: {error} (allowed: {sorted(ViewSettings.__dataclass_fields__)})") from error
             except ViewError as error:
                 raise ValueError(f"views: {error}") from error
+
+    def signal_augmentation(self) -> SignalAugmentation:
+        return SignalAugmentation(**self.augmentation)
 
     @property
     def caption_column(self) -> str:

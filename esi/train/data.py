@@ -468,9 +468,39 @@ def _to_batch(rows: list[tuple[str, np.ndarray, str]], captions: CaptionTable, e
     return _batch(torch.from_numpy(np.stack([r[1] for r in rows])), [r[0] for r in rows], captions, epoch)
 
 
-def augment(signals: torch.Tensor, generator: torch.Generator, jitter: float = 0.003,
-            scaling: float = 0.003) -> torch.Tensor:
-    """Official ESI augmentation: additive Gaussian jitter and per-lead Gaussian scaling."""
-    noise = torch.randn(signals.shape, generator=generator) * jitter
-    scale = 1.0 + torch.randn(signals.shape[:2] + (1,), generator=generator) * scaling
-    return (signals + noise.to(signals.device)) * scale.to(signals.device)
+@dataclass(frozen=True)
+class SignalAugmentation:
+    """Training-time signal augmentation; the defaults are the official ESI recipe (tiny jitter and scaling).
+
+    Signals are z-scored per record, so ``jitter`` and ``scaling`` are in units of the record's standard
+    deviation. ``time_out`` > 0 zeroes, in every lead at once, one contiguous stretch of up to that fraction
+    of the record (uniform length), in half of the records: the "time out" of Mehari & Strodthoff (2022),
+    which keeps rate and morphology intact where a resized crop would change the heart rate.
+    """
+
+    jitter: float = 0.003  # sd of additive Gaussian noise
+    scaling: float = 0.003  # sd of the per-lead Gaussian gain around 1
+    time_out: float = 0.0  # longest zeroed stretch, as a fraction of the record; 0: off
+
+    def __post_init__(self) -> None:
+        for name in ("jitter", "scaling", "time_out"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"augmentation.{name} must be a number >= 0, got {value!r}")
+        if self.time_out >= 1:
+            raise ValueError(f"augmentation.time_out must be < 1 (a fraction of the record), got {self.time_out!r}")
+
+    def __call__(self, signals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(signals.shape, generator=generator) * self.jitter
+        scale = 1.0 + torch.randn(signals.shape[:2] + (1,), generator=generator) * self.scaling
+        out = (signals + noise.to(signals.device)) * scale.to(signals.device)
+        if self.time_out > 0:
+            n_records, _, n_samples = signals.shape
+            draws = torch.rand((n_records, 3), generator=generator)
+            lengths = (draws[:, 0] * self.time_out * n_samples).long()
+            starts = (draws[:, 1] * (n_samples - lengths + 1)).long().clamp(max=n_samples - 1)
+            positions = torch.arange(n_samples)
+            masked = ((positions >= starts[:, None]) & (positions < (starts + lengths)[:, None])
+                      & (draws[:, 2:] < 0.5))
+            out = out.masked_fill(masked[:, None, :].to(out.device), 0.0)
+        return out

@@ -46,7 +46,6 @@ from esi.train.data import (
     Batch,
     InMemoryPairs,
     StreamingPairs,
-    augment,
     fold_selected,
     parquet_files,
     read_captions,
@@ -264,6 +263,7 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
         log.warning("ema_decay %s averages over ~%d steps but this run has %d: the saved weights still hold %.0f%% "
                     "of the first step's; train longer or set ema_decay: null", config.ema_decay,
                     round(1 / (1 - config.ema_decay)), stop_at, 100 * config.ema_decay ** stop_at)
+    augmentation = config.signal_augmentation()
     bar = tqdm(total=stop_at, initial=step, desc="pretrain", disable=not (progress and env.is_main))
     trainable = [p for p in model.parameters() if p.requires_grad]
     last_log = time.perf_counter()
@@ -279,7 +279,7 @@ def pretrain(config: TrainConfig, captions_path: str | Path, data_path: str | Pa
             if config.augment:
                 generator = torch.Generator().manual_seed(
                     ((config.seed * 1_000_003 + step) * 101 + micro) * 1009 + env.rank)
-                batch = replace(batch, signals=augment(batch.signals, generator))
+                batch = replace(batch, signals=augmentation(batch.signals, generator))
             last_micro = micro == config.grad_accum - 1
             sync = wrapped.no_sync() if (env.world_size > 1 and not last_micro) else nullcontext()
             with sync:

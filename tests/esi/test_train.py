@@ -136,13 +136,15 @@ def test_bf16_autocast_path_trains_and_tracks_fp32(esi_pairs, esi_test_model, tm
 
 def test_views_and_label_aware_loss_train_resume_exactly_and_save_the_prior(
         esi_pairs, esi_cqa_captions, esi_test_model, tmp_path) -> None:
-    """Caption views + exact-set targets: a cut-and-resumed run equals an uninterrupted one bit for bit,
-    the decoder still learns the full caption, and the model keeps its training-fold label counts."""
+    """Caption views + exact-set targets + time-out augmentation: a cut-and-resumed run equals an
+    uninterrupted one bit for bit, the decoder still learns the full caption, and the model keeps its
+    training-fold label counts."""
     from esi.train.data import read_captions
 
     signals, _ = esi_pairs
     overrides = {**esi_test_model, "loss": {"contrastive_targets": "same_findings"}}
-    config = _config_file(tmp_path, overrides, views={"names_per_record": 2})
+    config = _config_file(tmp_path, overrides, views={"names_per_record": 2},
+                          augmentation={"jitter": 0.1, "scaling": 0.1, "time_out": 0.2})
     common = ["pretrain", "--config", config, "--captions", str(esi_cqa_captions), "--data", str(signals),
               "--no-progress"]
     assert main(common + ["--out", str(tmp_path / "full")]) == 0
