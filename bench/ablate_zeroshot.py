@@ -76,7 +76,7 @@ def score_queries(inference: ESIInference, data, key: str) -> dict:
     out: dict = {}
     for query_text in ("raw", "views"):
         out[query_text] = query_evaluation(inference, data, folds=list(HALF_FOLDS.values()), query_text=query_text,
-                                           model_key=key)
+                                           model_key=key, reference_folds=TRAIN_FOLDS)
         for half, fold in HALF_FOLDS.items():
             out[f"{query_text}|{half}"] = query_evaluation(inference, data, folds=[fold], query_text=query_text,
                                                            model_key=key)

@@ -19,6 +19,8 @@ def summary_rows(model_results: dict[str, Any]) -> dict[str, Any]:
         for k in (5, 10):
             rows[f"query by text: mean precision@{k} (chance {format_number(r.get('mean_chance'))}, best possible "
                  f"{format_number(r.get(f'mean_ceiling@{k}'))})"] = r.get(f"mean_precision@{k}")
+            if f"mean_probe_precision@{k}" in r:
+                rows[f"reference (supervised linear probe): query mean precision@{k}"] = r[f"mean_probe_precision@{k}"]
         for query, q in r.get("queries", {}).items():
             rows[f"query \"{query}\": precision@5 (chance {format_number(q.get('chance'))})"] = q.get("precision@5")
     for variant, r in model_results.get("probe", {}).items():

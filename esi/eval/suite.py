@@ -103,7 +103,7 @@ def _run_retrieval(ctx: TaskContext, data: EvalData, variant: str) -> dict[str, 
 
 def _run_query(ctx: TaskContext, data: EvalData, variant: str) -> dict[str, Any]:
     return query_evaluation(ctx.inference, data, folds=ctx.options.test_folds, query_text=ctx.options.query_text,
-                            model_key=ctx.model_key)
+                            model_key=ctx.model_key, reference_folds=ctx.options.train_folds)
 
 
 TASKS: dict[str, Task] = {

@@ -129,6 +129,33 @@ def test_query_evaluation_matches_a_recomputation(model_dir: Path, ptbxl_root: P
         assert query not in result["queries"]
 
 
+def test_query_evaluation_supervised_reference_matches_a_recomputation(model_dir: Path, ptbxl_root: Path) -> None:
+    """The probe reference ranks the query folds by a linear probe fit on the training folds' labels."""
+    from corpora.ptbxl import PTBXLReader
+    from esi.eval.data import load_eval_data
+    from esi.eval.probe import fit_probe
+    from esi.eval.query import query_evaluation
+    from esi.serve.inference import ESIInference
+
+    inference = ESIInference(model_dir)
+    data = load_eval_data(PTBXLReader(ptbxl_root, rate=100), inference.input, folds=[1, 2, 9], limit_per_fold_set=60,
+                          progress=False)
+    result = query_evaluation(inference, data, folds=[9], query_text="raw", reference_folds=[1, 2])
+    embeddings = data.embeddings(inference)
+    folds = np.array(data.folds)
+    normal = np.array([("NORM" in labels) for labels in data.labels])
+    train, test = folds != 9, folds == 9
+    probe = fit_probe(embeddings[train], normal[train].astype(int))
+    order = np.argsort(-probe.decision_function(embeddings[test]).ravel(), kind="stable")
+    row = result["queries"]["normal ECG"]
+    assert row["probe_precision@5"] == pytest.approx(normal[test][order[:5]].mean())
+    answered = [r for r in result["queries"].values() if "probe_precision@5" in r]
+    assert result["probe_queries"] == len(answered) >= 5
+    assert result["mean_probe_precision@5"] == pytest.approx(np.mean([r["probe_precision@5"] for r in answered]))
+    with pytest.raises(ValueError, match="overlap"):
+        query_evaluation(inference, data, folds=[9], reference_folds=[2, 9])
+
+
 def test_display_temperature_is_the_models_clamped_scale(model_dir: Path, ptbxl_root: Path) -> None:
     """The classifier's temperature is ``ESIModel.scale()``: exp(logit_scale) below the clamp, 100 above it."""
     import math
