@@ -26,7 +26,9 @@ def test_main_job_runs_every_step_then_skips_them(shared_data: Path, tmp_path: P
     assert zeroshot["macro_auc"] == pytest.approx(sum(per_class) / len(per_class))
     assert (zeroshot["class_text"], zeroshot["calibration"]) == ("views", "raw")
     assert "## Text→ECG: fold-9 records matching “normal ECG”" in report
-    assert report.count("| precision@5 | chance |") == 1 and "| normal ECG | " in report
+    assert report.count("| precision@5 | chance | supervised reference |") == 1 and "| normal ECG | " in report
+    reference = next(line for line in report.splitlines() if "linear probe on folds 1-8 labels" in line)
+    assert float(reference.rstrip(" |").rsplit("| ", 1)[1]) > 0  # answered, not the "–" of a missing value
     val = [json.loads(line) for line in (run_dir / "model" / "metrics.jsonl").read_text().splitlines()
            if '"event": "val"' in line]
     assert {"val_zeroshot_superclass_auc", "val_ref_caption_centroid_auc", "val_ref_ecg_prototype_auc"} <= set(val[-1])
