@@ -46,6 +46,7 @@ def query_evaluation(
     train_mask = data.fold_mask(reference_folds) & has_labels if reference_folds else None
     if train_mask is not None and (train_mask & mask).any():
         raise ValueError(f"reference folds {list(reference_folds or [])} overlap the query folds {folds}")
+    train_labels = [lab for lab, keep in zip(data.labels, train_mask) if keep] if train_mask is not None else []
     per_query: dict[str, Any] = {}
     skipped: list[str] = []
     resolved_sets: dict[str, LabelSet] = {}
@@ -63,7 +64,6 @@ def query_evaluation(
                                "chance": float(relevant.mean())}
         reference_order = None
         if train_mask is not None:
-            train_labels = [lab for lab, keep in zip(data.labels, train_mask) if keep]
             train_relevant = selected.targets(train_labels, data.vocabulary)[:, 0]
             if 0 < train_relevant.sum() < len(train_relevant):  # a probe needs both kinds of record
                 probe = fit_probe(all_embeddings[train_mask], train_relevant.astype(int))
