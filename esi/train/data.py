@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -485,8 +486,8 @@ class SignalAugmentation:
     def __post_init__(self) -> None:
         for name in ("jitter", "scaling", "time_out"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"augmentation.{name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"augmentation.{name} must be a finite number >= 0, got {value!r}")
         if self.time_out >= 1:
             raise ValueError(f"augmentation.time_out must be < 1 (a fraction of the record), got {self.time_out!r}")
 

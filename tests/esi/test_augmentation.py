@@ -49,3 +49,9 @@ def test_time_out_zeroes_one_stretch_in_every_lead_of_about_half_the_records(rea
     # the same seed gives the same draws: resume replays a step's augmentation exactly
     again = SignalAugmentation(jitter=0.1, scaling=0.1, time_out=0.2)(signals, torch.Generator().manual_seed(3))
     assert torch.equal(out, again)
+
+
+@pytest.mark.parametrize("settings", [{"jitter": float("nan")}, {"scaling": -0.1}, {"time_out": 1.0}, {"jitter": True}])
+def test_unusable_settings_are_refused_by_name(settings) -> None:
+    with pytest.raises(ValueError, match=f"augmentation.{next(iter(settings))}"):
+        SignalAugmentation(**settings)

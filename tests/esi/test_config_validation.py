@@ -73,7 +73,7 @@ BAD_TRAIN_CONFIGS = [
     ({"model_overrides": {"text": {"max_length": 0}}}, "model_overrides.text.max_length: must be >= 1, got 0"),
     ({"augmentation": {"timeout": 0.1}}, "augmentation: unknown key(s) ['timeout'] (allowed: ['jitter', 'scaling'"),
     ({"augmentation": {"time_out": 1.0}}, "augmentation.time_out must be < 1"),
-    ({"augmentation": {"jitter": -0.1}}, "augmentation.jitter must be a number >= 0, got -0.1"),
+    ({"augmentation": {"jitter": -0.1}}, "augmentation.jitter must be a finite number >= 0, got -0.1"),
     ({"augmentation": {"scaling": "x"}}, "augmentation.scaling: expected float, got 'x'"),
     ({"augmentation": "strong"}, "augmentation: expected a mapping, got 'strong'"),
 ]
